@@ -1,0 +1,18 @@
+"""mmsearch: multimodal vector search with VLM2Vec embeddings.
+
+The public API (DESIGN.md §2). Everything else is reachable through the
+subpackages but is not part of the contract.
+"""
+from ._version import __version__
+from .encoders import load_encoder
+from .errors import ImageError, MMSearchError
+from .types import Item, Query
+
+__all__ = [
+    "ImageError",
+    "Item",
+    "MMSearchError",
+    "Query",
+    "__version__",
+    "load_encoder",
+]

@@ -1,0 +1,77 @@
+"""The `mmsearch` command. The only place that configures logging.
+
+Each area's subcommands live in `mmsearch/commands/<area>.py` and expose
+`register(subparsers)`; handlers return an exit code. Conventions: `--help`
+and `--version` everywhere, progress bars on stderr by default
+(`--no-progress` turns them off), `--json` for machine output on stdout,
+exit 0 on success, 1 on an error the user can fix (message on stderr),
+2 on bad usage, 130 when interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import List, Optional
+
+from ._version import __version__
+from .errors import MMSearchError
+
+COMMAND_MODULES = ("encode", "tasks")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--version", action="version", version=f"mmsearch {__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    p.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every subcommand gets --version/--verbose/--quiet."""
+
+    def add_subparsers(self, **kwargs):
+        kwargs.setdefault("parser_class", _Parser)
+        return super().add_subparsers(**kwargs)
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+        _add_common(self)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = _Parser(prog="mmsearch", description="Multimodal vector search with VLM2Vec embeddings.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"mmsearch.commands.{name}").register(sub)
+    return parser
+
+
+def _configure_logging(verbose: int, quiet: bool) -> None:
+    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if verbose < 2:  # transformers is chatty about config defaults at INFO/WARNING
+        logging.getLogger("transformers").setLevel(max(level, logging.ERROR))
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help(sys.stderr)
+        return 2
+    _configure_logging(args.verbose, args.quiet)
+    try:
+        return int(args.handler(args) or 0)
+    except MMSearchError as e:
+        print(f"mmsearch {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""Finding and loading checkpoints: local dirs or Hugging Face ids, adapters, devices.
+
+Kept apart from the encoders so each error a user can hit (a missing path, a
+hub id while offline, an unknown backbone) has one clear message.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Optional, Tuple
+
+from ..errors import ModelLoadError
+
+ADAPTER_CONFIG = "adapter_config.json"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def _looks_like_path(model: str) -> bool:
+    """Anything but a bare `owner/name` Hugging Face id is taken as a local path."""
+    return not _HUB_ID.match(model)
+
+
+def resolve_model_path(model, revision: Optional[str] = None) -> Path:
+    """A local directory for `model`: itself if it is one, else the HF cache / hub snapshot."""
+    path = Path(os.path.expanduser(str(model)))
+    if path.is_dir():
+        return path.resolve()
+    name = str(model)
+    if path.exists():
+        raise ModelLoadError(f"model path {name!r} is a file; expected a checkpoint directory (config.json, weights)")
+    if _looks_like_path(name):
+        raise ModelLoadError(f"model path {name!r} does not exist")
+    return _hub_snapshot(name, revision)
+
+
+def _hub_snapshot(repo_id: str, revision: Optional[str]) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:  # the cache first: no network needed for a model already downloaded
+        return Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
+    except Exception:
+        pass
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    hint = (
+        f"On a machine with access, run `huggingface-cli download {repo_id} --local-dir DIR`, copy DIR here "
+        f"and pass its path (load_encoder('DIR') / --model DIR), or copy the Hugging Face cache into HF_HOME."
+    )
+    if offline:
+        raise ModelLoadError(f"model {repo_id!r} is not a local directory and not in the Hugging Face cache, "
+                             f"and HF_HUB_OFFLINE is set. {hint}")
+    try:
+        return Path(snapshot_download(repo_id, revision=revision))
+    except Exception as e:
+        raise ModelLoadError(f"model {repo_id!r} is not a local directory and could not be fetched from the "
+                             f"Hugging Face hub ({type(e).__name__}: {str(e).splitlines()[0][:200]}). {hint}") from None
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"cannot read {path}: {e}") from None
+
+
+def adapter_base(path: Path) -> Optional[str]:
+    """The base model an adapter-only checkpoint sits on, or None for a full checkpoint."""
+    cfg_path = path / ADAPTER_CONFIG
+    if not cfg_path.is_file() or (path / "config.json").is_file() and _has_full_weights(path):
+        return None
+    base = read_json(cfg_path).get("base_model_name_or_path")
+    if not base:
+        raise ModelLoadError(f"{cfg_path} has no base_model_name_or_path; pass base_model=...")
+    return base
+
+
+def _has_full_weights(path: Path) -> bool:
+    return any(p.name.startswith("model") and p.suffix in WEIGHT_SUFFIXES for p in path.iterdir())
+
+
+def model_type(path: Path, trust_remote_code: bool = False) -> str:
+    cfg = path / "config.json"
+    if not cfg.is_file():
+        raise ModelLoadError(f"{path} has no config.json: not a Hugging Face model directory")
+    mt = read_json(cfg).get("model_type")
+    if not mt:
+        raise ModelLoadError(f"{cfg} has no model_type")
+    return mt
+
+
+def resolve_device_dtype(device: str = "auto", dtype: str = "auto") -> Tuple["torch.device", "torch.dtype"]:
+    """auto: CUDA with bf16 when a GPU is present (as the reference runs), else CPU fp32."""
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {device!r} requested but no CUDA GPU is available; use device='cpu'")
+    names = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+             "fp32": torch.float32, "float32": torch.float32}
+    if dtype == "auto":
+        return dev, (torch.bfloat16 if dev.type == "cuda" else torch.float32)
+    if isinstance(dtype, torch.dtype):
+        return dev, dtype
+    if dtype not in names:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; valid: auto, {', '.join(names)}")
+    return dev, names[dtype]
+
+
+def weights_fingerprint(path: Path) -> str:
+    """A cheap, content-based id of a checkpoint's weights (name, size, head and tail bytes).
+
+    Hashing multi-GB weights in full at every open would be slow; the head
+    (safetensors header) and tail change whenever the weights do in practice.
+    """
+    h = hashlib.sha256()
+    files = sorted(p for p in path.iterdir() if p.suffix in WEIGHT_SUFFIXES or p.name == "config.json")
+    for p in files:
+        size = p.stat().st_size
+        h.update(f"{p.name}:{size}".encode())
+        with open(p, "rb") as f:
+            h.update(f.read(1 << 20))
+            if size > 2 << 20:
+                f.seek(-(1 << 20), os.SEEK_END)
+                h.update(f.read())
+    return h.hexdigest()[:16]

@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny models are built once per test run, offline."""
+import os
+
+# Tests never touch the network: the hub is off for every model load.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """A factory: tiny_dir(kind) -> path of a tiny checkpoint built once per session."""
+    from mmsearch.testing import build_tiny_model
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    cache = {}
+
+    def get(kind: str, padding_side: str = "right"):
+        key = (kind, padding_side)
+        if key not in cache:
+            cache[key] = build_tiny_model(kind, root / f"{kind}-{padding_side}", seed=0, padding_side=padding_side)
+        return cache[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tiny_dir):
+    """A factory: tiny_encoder(kind) -> a loaded Encoder, loaded once per session."""
+    import mmsearch
+
+    cache = {}
+
+    def get(kind: str, padding_side: str = "right"):
+        key = (kind, padding_side)
+        if key not in cache:
+            cache[key] = mmsearch.load_encoder(tiny_dir(kind, padding_side), device="cpu")
+        return cache[key]
+
+    return get
