@@ -1,0 +1,1 @@
+"""The offline indexer: sources -> pipeline -> shard writer."""
