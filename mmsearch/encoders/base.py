@@ -123,7 +123,7 @@ class Encoder(ABC):
         self, requests: Sequence[Request], batch_size: Optional[int] = None, show_progress: Optional[bool] = None
     ) -> np.ndarray:
         """Encode already-resolved requests (the indexer's decode workers build these)."""
-        bs = int(batch_size or self.default_batch_size)
+        bs = self.default_batch_size if batch_size is None else int(batch_size)
         if bs < 1:
             raise InputError(f"batch_size must be >= 1, got {batch_size}")
         out = np.empty((len(requests), self.dim), dtype=np.float32)

@@ -32,5 +32,5 @@ def image_token(backbone: str) -> str:
 
 def format_input(backbone: str, text: Optional[str], instruction: Optional[str], has_image: bool) -> str:
     """The exact string VLM2Vec feeds the processor for one input."""
-    token = image_token(backbone) if has_image else ""
-    return " ".join(p for p in (token, instruction or "", text or "") if p)
+    token = image_token(backbone)  # validates the backbone even for text-only inputs
+    return " ".join(p for p in (token if has_image else "", instruction or "", text or "") if p)

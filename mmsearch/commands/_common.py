@@ -1,0 +1,31 @@
+"""Helpers shared by subcommands: JSON output and short tables."""
+from __future__ import annotations
+
+import json
+import sys
+from typing import Iterable, Sequence
+
+
+def print_json(obj) -> None:
+    json.dump(obj, sys.stdout, indent=2, ensure_ascii=False, default=str)
+    sys.stdout.write("\n")
+
+
+def clip(text, width: int) -> str:
+    text = "" if text is None else str(text).replace("\n", " ")
+    return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
+
+
+def print_table(headers: Sequence[str], rows: Iterable[Sequence], widths: Sequence[int]) -> None:
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    print(fmt.format(*headers).rstrip())
+    for row in rows:
+        print(fmt.format(*(clip(v, w) for v, w in zip(row, widths))).rstrip())
+
+
+def add_model_args(p) -> None:
+    p.add_argument("--model", required=True, help="Hugging Face id or local checkpoint directory")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32")
+    p.add_argument("--batch-size", type=int, default=None, help="inputs per forward pass")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
