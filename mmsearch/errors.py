@@ -27,3 +27,15 @@ class UnknownTaskError(MMSearchError, KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable
         return str(self.args[0]) if self.args else ""
+
+
+class IndexFormatError(MMSearchError, ValueError):
+    """An index directory is missing, malformed, of an unknown format version, or corrupt."""
+
+
+class IndexMismatchError(MMSearchError, ValueError):
+    """An index is used with a model (or settings) other than the ones it was built with."""
+
+
+class StoreError(MMSearchError, OSError):
+    """The LMDB store of an index could not be opened, grown, or holds a malformed entry."""
