@@ -50,6 +50,7 @@ import pathlib
 import shutil
 from collections.abc import Iterator, Sequence
 
+from mmsearch.encoders.factory import ADAPTER_KEY_MAPPING
 from mmsearch.errors import InputError
 
 KINDS = ("qwen2_vl", "qwen2_5_vl", "llava_next", "clip", "siglip")
@@ -510,7 +511,7 @@ _PROCESSOR_FILES = (
 
 # For PeftModel.from_pretrained(..., key_mapping=...): transformers-4 adapter keys (after
 # peft strips "base_model.model.") -> transformers-5 module paths. A no-op on new keys.
-LEGACY_ADAPTER_KEY_MAPPING = {r"^model\.(?!language_model\.|visual\.)": "model.language_model."}
+LEGACY_ADAPTER_KEY_MAPPING = ADAPTER_KEY_MAPPING["qwen2_vl"]  # one definition, in the encoder
 
 
 def _rename_to_legacy_keys(path: pathlib.Path) -> None:

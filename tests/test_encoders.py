@@ -226,3 +226,13 @@ def test_public_api_is_locked():
     ])
     for name in mmsearch.__all__:
         assert hasattr(mmsearch, name)
+
+
+def test_transformers4_style_adapter_loads_the_same(tiny_dir, tmp_path):
+    base = tiny_dir("qwen2_vl")
+    new = build_tiny_adapter(base, tmp_path / "new", seed=3)
+    old = build_tiny_adapter(base, tmp_path / "old", seed=3, legacy_keys=True)
+    inputs = [_as_input(c) for c in _cases()]
+    a = mmsearch.load_encoder(new, device="cpu").encode(inputs)
+    b = mmsearch.load_encoder(old, device="cpu").encode(inputs)
+    np.testing.assert_allclose(a, b, atol=1e-6)

@@ -29,6 +29,15 @@ MODEL_CLASSES = {
 }
 SUPPORTED = BACKBONES + DUAL_BACKBONES
 
+# Adapters saved under transformers 4 name Qwen's language-model weights
+# `model.layers.*`; transformers 5 nests them as `model.language_model.layers.*`.
+# peft does not rename them for Qwen2-VL and only warns about missing keys, which
+# would leave the LoRA weights random. This mapping is a no-op for new-style keys.
+ADAPTER_KEY_MAPPING = {
+    "qwen2_vl": {r"^model\.(?!language_model\.|visual\.)": "model.language_model."},
+    "qwen2_5_vl": {r"^model\.(?!language_model\.|visual\.)": "model.language_model."},
+}
+
 
 def load_encoder(
     model,
@@ -58,7 +67,7 @@ def load_encoder(
     dev, dt = resolve_device_dtype(device, dtype)
     net = _load_model(weights_dir, backbone, preset, dt)
     if base is not None:
-        net = _merge_adapter(net, path)
+        net = _merge_adapter(net, path, ADAPTER_KEY_MAPPING.get(backbone))
     net = net.to(dev)
     fingerprint = weights_fingerprint(path)
     if backbone in DUAL_BACKBONES:
@@ -84,12 +93,13 @@ def _load_model(path: Path, backbone: str, preset: Preset, dtype):
         raise ModelLoadError(f"cannot load {backbone} weights from {path}: {e}") from None
 
 
-def _merge_adapter(net, adapter_path: Path):
+def _merge_adapter(net, adapter_path: Path, key_mapping=None):
     try:
         from peft import PeftModel
     except ImportError:  # pragma: no cover - peft is a base dependency
         raise ModelLoadError("loading an adapter checkpoint needs peft: pip install peft") from None
-    return PeftModel.from_pretrained(net, str(adapter_path)).merge_and_unload()
+    kwargs = {"key_mapping": key_mapping} if key_mapping else {}
+    return PeftModel.from_pretrained(net, str(adapter_path), **kwargs).merge_and_unload()
 
 
 def _processor_dir(path: Path, weights_dir: Path, preset: Preset) -> Path:
