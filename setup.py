@@ -42,7 +42,7 @@ EXTRAS = {
     "server": ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9", "httpx>=0.27"],
     "ray": ["ray[data]>=2.30"],
     "train": ["accelerate>=0.30"],
-    "dev": ["pytest>=8", "tokenizers>=0.19"],
+    "dev": ["pytest>=8", "tokenizers>=0.19", "pandas>=2", "duckdb>=1"],
 }
 EXTRAS["all"] = sorted({r for k in ("server", "ray", "train", "dev") for r in EXTRAS[k]})
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import List, Optional
 
 from ._version import __version__
 from .errors import MMSearchError
 
-COMMAND_MODULES = ("encode", "tasks")
+COMMAND_MODULES = ("encode", "index", "tasks")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -54,6 +55,9 @@ def _configure_logging(verbose: int, quiet: bool) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if verbose < 2:  # transformers is chatty about config defaults at INFO/WARNING
         logging.getLogger("transformers").setLevel(max(level, logging.ERROR))
+        # our own progress bars say what is happening; hide the hub's per-file ones
+        # (read when huggingface_hub is first imported, which happens after this)
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def main(argv: Optional[List[str]] = None) -> int:

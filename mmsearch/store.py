@@ -263,6 +263,11 @@ class Store:
                        for raw in raws if raw is not None)
         return self._write(write)
 
+    def clear_tombstone_rows(self, rows: Iterable[int]) -> int:
+        """Forget tombstones of rows that no longer exist (after compaction)."""
+        keys = [_ROW_KEY.pack(int(r)) for r in rows]
+        return self._write(lambda txn: sum(txn.delete(k, db=self._dbs["tomb"]) for k in keys))
+
     # --- thumbnails and small metadata ---------------------------------------------------
 
     def put_thumbnails(self, thumbnails: Mapping[str, bytes]) -> None:

@@ -72,7 +72,7 @@ def run(args) -> int:
 
         for rec in open_source(args.input):
             if rec.item is None:
-                errors.append({"id": None, "source": rec.where, "reason": rec.error})
+                errors.append({"id": rec.id, "source": rec.where, "reason": rec.error})
                 continue
             if rec.item.id in seen:
                 errors.append({"id": rec.item.id, "source": rec.where, "reason": "duplicate id"})

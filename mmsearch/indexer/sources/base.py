@@ -22,6 +22,7 @@ class Record:
     item: Optional[Item]
     where: str
     error: Optional[str] = None
+    id: Optional[str] = None  # of a rejected entry, when it got as far as having one
 
     @property
     def ok(self) -> bool:
@@ -41,8 +42,8 @@ class Rejected(ValueError):
     """Raised inside a reader for one bad entry; turned into a rejected `Record`."""
 
 
-def reject(where: str, reason: str) -> Record:
-    return Record(item=None, where=where, error=reason)
+def reject(where: str, reason: str, item_id: Optional[str] = None) -> Record:
+    return Record(item=None, where=where, error=reason, id=item_id)
 
 
 def display(path: str | os.PathLike) -> str:

@@ -70,6 +70,7 @@ class _Manifest:
 
     def _record(self, row: dict, where: str, default_id: str, base64_bytes: bool = False) -> Record:
         """Turn one row (column -> value) into a Record."""
+        item_id = None
         try:
             if self.id_column is None:
                 item_id = default_id
@@ -81,7 +82,7 @@ class _Manifest:
             metadata = {k: v for k, v in row.items() if k not in reserved and (keep is None or k in keep)}
             return Record(make_item(item_id, text, image, metadata), where)
         except Rejected as exc:
-            return reject(where, str(exc))
+            return reject(where, str(exc), item_id)
 
     def _image(self, value: Any, base64_bytes: bool) -> Any:
         """An image value as an absolute path string, bytes, or None."""

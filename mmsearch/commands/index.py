@@ -1,0 +1,202 @@
+"""`mmsearch index build|add|delete|compact|verify|info`."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ._common import print_json
+
+
+def register(sub) -> None:
+    p = sub.add_parser("index", help="build and maintain indexes",
+                       description="Build, extend, delete from, compact, verify and describe indexes.")
+    isub = p.add_subparsers(dest="index_command", metavar="ACTION")
+    _build_parser(isub)
+    _add_parser(isub)
+    d = isub.add_parser("delete", help="delete items (tombstones, honoured by search)")
+    d.add_argument("index")
+    g = d.add_mutually_exclusive_group(required=True)
+    g.add_argument("--ids", nargs="+", help="item ids")
+    g.add_argument("--ids-file", help="a file with one id per line")
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(handler=run_delete)
+    c = isub.add_parser("compact", help="rewrite shards without deleted rows")
+    c.add_argument("index")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(handler=run_compact)
+    v = isub.add_parser("verify", help="check checksums, row counts and id alignment (exit 1 on a mismatch)")
+    v.add_argument("index")
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(handler=run_verify)
+    i = isub.add_parser("info", help="describe an index")
+    i.add_argument("index")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(handler=run_info)
+    p.set_defaults(handler=lambda args: (p.print_help(sys.stderr), 2)[1])
+
+
+def _run_options(p) -> None:
+    p.add_argument("sources", nargs="+", metavar="SOURCE",
+                   help="image folder, JSONL/CSV/Parquet manifest, M-BEIR pool, PDF or webdataset .tar")
+    p.add_argument("--kind", default=None, help="source kind when the path doesn't tell "
+                   "(folder, jsonl, csv, parquet, mbeir, pdf, webdataset)")
+    p.add_argument("--id-column", default=None, help="manifest column with item ids (default: id)")
+    p.add_argument("--text-column", default=None, help="manifest column with text (default: text)")
+    p.add_argument("--image-column", default=None, help="manifest column with image paths or bytes (default: image)")
+    p.add_argument("--dpi", type=int, default=None, help="PDF page render resolution (default: 144)")
+    p.add_argument("--device", default="auto", help="auto (GPU with bf16 when present), cpu, cuda")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--workers", type=int, default=2, help="decode worker threads")
+    p.add_argument("--max-errors", default=None,
+                   help="fail (exit 1) when more items are rejected: a count (100) or a fraction (0.01, 1%%)")
+    p.add_argument("--no-vectors", action="store_true", help="don't keep float16 vectors per shard")
+    p.add_argument("--no-thumbnails", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the run summary as JSON")
+
+
+def _build_parser(isub) -> None:
+    b = isub.add_parser("build", help="index sources into a new index (rerun to resume)",
+                        description="Encode sources and write a sharded FAISS index. Rerunning the same command "
+                                    "resumes an interrupted build; --fresh starts over.")
+    _run_options(b)
+    b.add_argument("--out", required=True, help="index directory")
+    b.add_argument("--model", required=True, help="Hugging Face id or local checkpoint directory")
+    g = b.add_mutually_exclusive_group()
+    g.add_argument("--task", default=None, help="use this task's candidate instruction (see `mmsearch tasks`)")
+    g.add_argument("--instruction", default=None, help="candidate instruction for every item")
+    b.add_argument("--index", default="auto", help="auto, or a faiss index_factory string (e.g. HNSW32, "
+                                                   "IVF1024,PQ192x4fs,RFlat)")
+    b.add_argument("--memory-budget", default=None, help="memory for the index at search time, e.g. 8G")
+    b.add_argument("--shard-size", type=int, default=100_000)
+    b.add_argument("--fresh", action="store_true", help="discard an existing index in --out and start over")
+    b.set_defaults(handler=run_build)
+
+
+def _add_parser(isub) -> None:
+    a = isub.add_parser("add", help="add sources to an existing index (same model and instruction)")
+    a.add_argument("index")
+    _run_options(a)
+    a.add_argument("--on-duplicate", choices=("reject", "update"), default="reject",
+                   help="an id already in the index: reject the new item, or replace the old one")
+    a.set_defaults(handler=run_add)
+
+
+def _options(args) -> dict:
+    from ..indexer.settings import parse_max_errors
+
+    source_options = {k: v for k, v in (("id_column", args.id_column), ("text_column", args.text_column),
+                                        ("image_column", args.image_column), ("dpi", args.dpi)) if v is not None}
+    return dict(device=args.device, dtype=args.dtype, batch_size=args.batch_size, workers=args.workers,
+                max_errors=parse_max_errors(args.max_errors), store_vectors=not args.no_vectors,
+                thumbnails=not args.no_thumbnails, show_progress=not args.no_progress,
+                source_kind=args.kind, source_options=source_options)
+
+
+def _report(result, args) -> int:
+    if args.json:
+        print_json(result.to_dict())
+    else:
+        s = result.stats
+        print(f"read {result.read} = indexed {result.indexed} + rejected {result.rejected} + skipped "
+              f"{result.skipped}; index {result.path}: {result.rows} rows in {result.shards} shards; "
+              f"{s.get('items_per_second', 0)} items/s, pipeline efficiency {s.get('pipeline_efficiency', 0)}",
+              file=sys.stderr)
+        if result.rejected:
+            print(f"rejections: {Path(result.path) / 'errors.jsonl'}", file=sys.stderr)
+    return 0
+
+
+def _finish(run, args) -> int:
+    from ..indexer.build import TooManyRejections
+
+    try:
+        return _report(run(), args)
+    except TooManyRejections as e:
+        _report(e.result, args)
+        raise
+
+
+def run_build(args) -> int:
+    from ..indexer.build import build_index
+    from ..indexer.settings import parse_size
+
+    opts = _options(args)
+    opts.update(task=args.task, instruction=args.instruction, index=args.index,
+                memory_budget=parse_size(args.memory_budget), shard_size=args.shard_size)
+    return _finish(lambda: build_index(args.sources, args.out, model=args.model, fresh=args.fresh, **opts), args)
+
+
+def run_add(args) -> int:
+    from ..indexer.build import add_to_index
+
+    return _finish(lambda: add_to_index(args.index, args.sources, on_duplicate=args.on_duplicate,
+                                        **_options(args)), args)
+
+
+def _read_ids(args):
+    if args.ids:
+        return args.ids
+    from ..errors import InputError
+
+    try:
+        text = Path(args.ids_file).read_text(encoding="utf-8")
+    except OSError as e:
+        raise InputError(f"--ids-file {args.ids_file}: {e.strerror}") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def run_delete(args) -> int:
+    from ..indexer.maintenance import delete_ids
+
+    ids = _read_ids(args)
+    n = delete_ids(args.index, ids)
+    if args.json:
+        print_json({"requested": len(ids), "deleted": n})
+    else:
+        print(f"deleted {n} of {len(ids)} ids ({len(ids) - n} were already deleted)", file=sys.stderr)
+    return 0
+
+
+def run_compact(args) -> int:
+    from ..indexer.maintenance import compact
+
+    result = compact(args.index)
+    if args.json:
+        print_json(result)
+    else:
+        print(f"rewrote {result['shards_rewritten']} shards, removed {result['rows_removed']} rows", file=sys.stderr)
+    return 0
+
+
+def run_verify(args) -> int:
+    from ..index_format import verify_index
+
+    problems = verify_index(args.index)
+    if args.json:
+        print_json({"index": args.index, "ok": not problems, "problems": problems})
+    else:
+        for p in problems:
+            print(f"FAIL {p}")
+        print("OK" if not problems else f"{len(problems)} problem(s)")
+    return 1 if problems else 0
+
+
+def run_info(args) -> int:
+    from ..indexer.maintenance import describe
+
+    d = describe(args.index)
+    if args.json:
+        print_json(d)
+        return 0
+    m = d["model"]
+    print(f"index      {d['path']} (format {d['format_version']})")
+    print(f"model      {m['id']} ({m['backbone']}, dim {m['dim']}, {m['dtype']}, weights {m.get('weight_hash')})")
+    print(f"faiss      {d['faiss']['factory']} {dict(d['faiss'].get('search_params') or {})}")
+    print(f"rows       {d['rows']} in {d['shards']} shards, {d['deleted']} deleted, {d['live_rows']} live")
+    print(f"size       {d['bytes'] / 2**20:.1f} MiB")
+    for k, v in d["candidate_instruction"].items():
+        print(f"instr      {k}: {v!r}")
+    print(f"updated    {d['updated']}")
+    return 0

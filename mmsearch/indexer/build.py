@@ -1,0 +1,200 @@
+"""`build_index` and `add_to_index`: one indexing run from sources into an index directory.
+
+Rerunning the same build continues where it stopped: committed shards are
+kept (torn ones discarded), ids already indexed are skipped, and vectors
+computed before a crash come back from the embedding cache.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Iterable, List, Optional, Union
+
+from ..errors import InputError, MMSearchError
+from ..index_format import (ModelInfo, atomic_write_json, check_model, remove_unlisted)
+from ..store import Store
+from . import planner
+from .estimate import estimate_rows
+from .pipeline import Pipeline
+from .settings import BuildSettings
+from .stats import RunStats
+from .writer import ShardWriter, reconcile
+
+FORMAT_FILES = ("manifest.json", "shards", "store.lmdb", "trained.faiss", "errors.jsonl", "stats.json")
+
+
+class TooManyRejections(MMSearchError):
+    """The run finished, but more items were rejected than --max-errors allows."""
+
+    def __init__(self, result: "BuildResult", limit: float):
+        self.result = result
+        super().__init__(f"{result.rejected} of {result.read} items were rejected, more than the limit "
+                         f"({limit:g}); see {Path(result.path) / 'errors.jsonl'}")
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    path: str
+    read: int
+    indexed: int
+    rejected: int
+    skipped: int
+    updated: int
+    rows: int
+    shards: int
+    seconds: float
+    stats: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def _paths(sources) -> List[str]:
+    if isinstance(sources, (str, os.PathLike)):
+        sources = [sources]
+    paths = [os.fspath(s) for s in sources]
+    if not paths:
+        raise InputError("no sources given")
+    return paths
+
+
+def _wipe(out: Path) -> None:
+    """--fresh: remove what an index consists of, nothing else the folder may hold."""
+    for name in FORMAT_FILES:
+        p = out / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+
+
+@contextmanager
+def _exclusive(out: Path):
+    """One writer per index: a second build/add on the same folder fails fast."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".mmsearch.lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise MMSearchError(f"{out} is being written by another mmsearch process") from None
+        yield
+
+
+def model_info(encoder) -> ModelInfo:
+    dtype = str(getattr(encoder, "dtype", "float32")).replace("torch.", "")
+    return ModelInfo(id=encoder.name, backbone=encoder.backbone, dim=encoder.dim, dtype=dtype,
+                     weight_hash=encoder.fingerprint)
+
+
+def build_index(sources, out, model: Optional[str] = None, *, encoder=None, fresh: bool = False,
+                **options) -> BuildResult:
+    """Index `sources` (paths: folders, JSONL/CSV/Parquet, M-BEIR pools, PDFs, .tar) into `out`.
+
+    `options` are `BuildSettings` fields (index, shard_size, batch_size, workers, task,
+    instruction, memory_budget, max_errors, ...). Rerunning resumes; `fresh=True` starts over.
+    """
+    settings = BuildSettings(model=model, **options)
+    out = Path(out)
+    with _exclusive(out):
+        if fresh:
+            _wipe(out)
+        return _run(_paths(sources), out, settings, encoder, adding=False)
+
+
+def add_to_index(index_dir, sources, *, encoder=None, on_duplicate: str = "reject", **options) -> BuildResult:
+    """Add items to an existing index with its own model and candidate instruction.
+    An id already present is rejected (`on_duplicate="reject"`) or replaced ("update")."""
+    if on_duplicate not in ("reject", "update"):
+        raise InputError(f"on_duplicate={on_duplicate!r}; valid: reject, update")
+    settings = BuildSettings(existing=on_duplicate, **options)
+    out = Path(index_dir)
+    if not (out / "manifest.json").is_file():
+        raise InputError(f"{out} is not an mmsearch index (no manifest.json); build it with `mmsearch index build`")
+    with _exclusive(out):
+        return _run(_paths(sources), out, settings, encoder, adding=True)
+
+
+def _instructions(settings: BuildSettings, manifest) -> dict:
+    chosen = settings.task is not None or settings.instruction is not None
+    wanted = settings.instructions()
+    if manifest is None:
+        return wanted
+    built = dict(manifest.instructions)
+    if chosen and wanted != built:
+        raise InputError(f"the index was built with candidate instructions {built}, this run asks for {wanted}; "
+                         f"use the same --task/--instruction (or --fresh to rebuild)")
+    return built
+
+
+def _load_encoder(settings: BuildSettings, manifest):
+    from ..encoders import load_encoder
+
+    name = settings.model or (manifest.model.id if manifest is not None else None)
+    if name is None:
+        raise InputError("no model given: pass --model (a Hugging Face id or a local checkpoint directory)")
+    return load_encoder(name, device=settings.device, dtype=settings.dtype, max_image_pixels=settings.max_image_pixels)
+
+
+def _plan(settings: BuildSettings, manifest, paths, dim: int) -> planner.Plan:
+    if manifest is not None:
+        if settings.index not in ("auto", manifest.faiss.factory):
+            raise InputError(f"the index uses faiss {manifest.faiss.factory!r}; --index {settings.index!r} "
+                             f"needs --fresh")
+        return planner.Plan(manifest.faiss.factory)
+    n = estimate_rows(paths, settings.source_kind) if settings.index == "auto" else 0
+    return planner.plan(settings.index, dim, n, settings.memory_budget)
+
+
+def _run(paths: List[str], out: Path, settings: BuildSettings, encoder, adding: bool) -> BuildResult:
+    from tqdm.auto import tqdm
+
+    with Store(out / "store.lmdb") as store:
+        manifest = reconcile(out, store)
+        remove_unlisted(out)
+        encoder = encoder or _load_encoder(settings, manifest)
+        info = model_info(encoder)
+        if manifest is not None:
+            check_model(manifest.model, info)
+        instructions = _instructions(settings, manifest)
+        plan = _plan(settings, manifest, paths, encoder.dim)
+        extra = {"sources": paths} if manifest is None else dict(manifest.extra)
+        writer = ShardWriter(out, store, info, instructions, plan, shard_size=settings.shard_size,
+                             store_vectors=settings.store_vectors,
+                             train_size=planner.train_size(plan, settings.train_size),
+                             recall_target=settings.recall_target, extra=extra, manifest=manifest)
+        stats = RunStats()
+        total = estimate_rows(paths, settings.source_kind)
+        bar = tqdm(total=total, unit="item", desc="index", disable=not settings.show_progress, dynamic_ncols=True)
+        with open(out / "errors.jsonl", "w", encoding="utf-8") as errors:
+            pipe = Pipeline(paths, settings, encoder, store, writer, instructions,
+                            exists=lambda i: store.get_row(i) is not None, stats=stats, errors=errors, progress=bar)
+            try:
+                pipe.run()
+            finally:
+                bar.close()
+                stats.stop()
+                _write_stats(out, stats, settings, writer, plan)
+        return _result(out, stats, writer, settings)
+
+
+def _write_stats(out: Path, stats: RunStats, settings: BuildSettings, writer: ShardWriter, plan) -> None:
+    extra = {"workers": settings.workers, "batch_size": settings.batch_size, "index": plan.factory,
+             "tuning": writer.tuning, "shard_size": settings.shard_size}
+    atomic_write_json(out / "stats.json", stats.to_dict(settings.workers, extra))
+
+
+def _result(out: Path, stats: RunStats, writer: ShardWriter, settings: BuildSettings) -> BuildResult:
+    m = writer.manifest
+    result = BuildResult(path=str(out), read=stats.read, indexed=stats.indexed, rejected=stats.rejected,
+                         skipped=stats.skipped, updated=stats.updated, rows=m.total_rows if m else 0,
+                         shards=len(m.shards) if m else 0, seconds=round(stats.wall, 3),
+                         stats=json.loads((out / "stats.json").read_text()))
+    limit = settings.error_limit(stats.read)
+    if limit is not None and stats.rejected > limit:
+        raise TooManyRejections(result, limit)
+    return result

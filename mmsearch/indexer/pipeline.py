@@ -1,0 +1,220 @@
+"""The local engine: reader -> decode pool -> batched encoder -> shard writer.
+
+Stages are joined by bounded queues, so decoding (a thread pool: Pillow
+releases the GIL while decoding) overlaps the model, and a slow writer or
+model holds the reader back instead of filling memory. The reader keeps
+input order: it queues futures, and the encoder takes them in order, so two
+runs over the same input give the same rows.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Iterable, List, Optional
+
+import numpy as np
+
+from ..encoders.base import Encoder
+from ..store import Store, cache_key
+from .prepare import Prepared, Rejection, prepare
+from .settings import BuildSettings
+from .sources import iter_sources
+from .stats import RunStats
+from .writer import ShardWriter
+
+_END = object()
+_SKIP = object()
+CHUNK_BATCHES = 4  # encode this many batches' worth at once, so batches can be grouped by modality
+
+
+def _done(value) -> Future:
+    f: Future = Future()
+    f.set_result(value)
+    return f
+
+
+class Pipeline:
+    """One run over `sources` into `writer`. `exists(id)` says whether an id is already indexed."""
+
+    def __init__(self, sources: List[str], settings: BuildSettings, encoder: Encoder, store: Store,
+                 writer: ShardWriter, instructions: dict, exists, stats: RunStats, errors, progress):
+        self.sources = sources
+        self.s = settings
+        self.encoder = encoder
+        self.store = store
+        self.writer = writer
+        self.instructions = instructions
+        self.exists = exists
+        self.stats = stats
+        self.errors = errors          # a file object: one JSON line per rejection
+        self.progress = progress
+        self.failure: Optional[BaseException] = None
+        self.model_key = f"{encoder.backbone}:{encoder.fingerprint}"
+        self._stop = threading.Event()
+
+    # --- stage 1: read (one thread; sources such as PDFs are not thread-safe) -------------
+    def _read(self, pool: ThreadPoolExecutor, out: "queue.Queue") -> None:
+        seen = set()
+        try:
+            records = iter(iter_sources(self.sources, kind=self.s.source_kind, **dict(self.s.source_options)))
+            while not self._stop.is_set():
+                with self.stats.timed("read"):
+                    rec = next(records, None)
+                if rec is None:
+                    break
+                self.stats.add(read=1)
+                out.put(self._route(rec, seen, pool))
+        except BaseException as e:  # surfaced by the encoder loop
+            self.failure = e
+        finally:
+            out.put(_END)
+
+    def _route(self, rec, seen: set, pool: ThreadPoolExecutor) -> Future:
+        if rec.item is None:
+            return _done(Rejection(rec.id, rec.where, rec.error or "unreadable entry"))
+        item_id = rec.item.id
+        if item_id in seen:
+            return _done(Rejection(item_id, rec.where, "duplicate id: already read earlier in this run"))
+        seen.add(item_id)
+        if self.exists(item_id):
+            if self.s.existing == "skip":
+                return _done(_SKIP)
+            if self.s.existing == "reject":
+                return _done(Rejection(item_id, rec.where, "id already in the index (use --on-duplicate update "
+                                                           "to replace it)"))
+            self.stats.add(updated=1)
+        return pool.submit(self._prepare, rec)
+
+    # --- stage 2: decode (worker pool) ----------------------------------------------------
+    def _prepare(self, rec):
+        with self.stats.timed("decode"):
+            return prepare(rec, self.instructions, self.s.max_image_pixels, self.s.thumbnails)
+
+    # --- stage 3: encode (this thread), with the embedding cache --------------------------
+    def _encode(self, chunk: List[Prepared]) -> None:
+        keys = [cache_key(self.model_key, p.request.instruction or "", p.content_hash) for p in chunk]
+        cached = self.store.cache_get_many(keys)
+        todo = [i for i, k in enumerate(keys) if k not in cached]
+        vectors = np.empty((len(chunk), self.encoder.dim), dtype=np.float32)
+        for i, k in enumerate(keys):
+            if k in cached:
+                vectors[i] = cached[k]
+        ok = np.ones(len(chunk), dtype=bool)
+        failed: dict = {}
+        if todo:
+            with self.stats.timed("encode"):
+                fresh, failed = self._encode_requests([chunk[i] for i in todo])
+            for j, i in enumerate(todo):
+                if j in failed:
+                    ok[i] = False
+                    self._reject(Rejection(chunk[i].item.id, chunk[i].where, failed[j]))
+                else:
+                    vectors[i] = fresh[j]
+            self.store.cache_put_many({keys[i]: vectors[i] for j, i in enumerate(todo) if j not in failed})
+        self.stats.add(cache_hits=len(chunk) - len(todo), encoded=len(todo) - len(failed))
+        thumbs = {p.item.id: p.thumbnail for p, good in zip(chunk, ok) if good and p.thumbnail}
+        if thumbs:
+            self.store.put_thumbnails(thumbs)
+        kept = [p for p, good in zip(chunk, ok) if good]
+        self._write(kept, vectors[ok])
+
+    def _encode_requests(self, items: List[Prepared]):
+        """Vectors for `items`; on a model error, retry one by one and report which failed.
+        If nothing could ever be encoded the model itself is broken: raise."""
+        try:
+            return self.encoder.encode_requests([p.request for p in items], batch_size=self.s.batch_size,
+                                                show_progress=False), {}
+        except Exception as batch_error:
+            first_error = batch_error
+        vectors = np.zeros((len(items), self.encoder.dim), dtype=np.float32)
+        failed = {}
+        for j, p in enumerate(items):
+            try:
+                vectors[j] = self.encoder.encode_requests([p.request], show_progress=False)[0]
+            except Exception as e:  # e.g. an aspect ratio the processor refuses
+                failed[j] = f"the model could not encode it: {type(e).__name__}: {e}"
+        if len(failed) == len(items) and self.stats.encoded == 0:
+            raise first_error
+        return vectors, failed
+
+    # --- stage 4: write (one thread) --------------------------------------------------------
+    def _write(self, items: List[Prepared], vectors: np.ndarray) -> None:
+        if items:
+            self._writes.put((items, vectors))
+        self.stats.add(indexed=len(items))
+        self.progress.update(len(items))
+
+    def _writer_loop(self) -> None:
+        try:
+            while True:
+                job = self._writes.get()
+                if job is _END:
+                    if self.failure is None:  # a failed run keeps what it committed, adds nothing half-done
+                        with self.stats.timed("write"):
+                            self.writer.finish()
+                    return
+                with self.stats.timed("write"):
+                    self.writer.add(*job)
+        except BaseException as e:
+            self.failure = self.failure or e
+            self._stop.set()
+            while self._writes.get() is not _END:  # drain so the encoder never blocks forever
+                pass
+
+    def _reject(self, r: Rejection) -> None:
+        self.stats.add(rejected=1)
+        self.errors.write(_json_line(r.to_json()))
+        self.progress.update(1)
+
+    # --- the runner ---------------------------------------------------------------------
+    def run(self) -> None:
+        inflight: "queue.Queue" = queue.Queue(maxsize=self.s.queue_size)
+        self._writes: "queue.Queue" = queue.Queue(maxsize=4)
+        chunk_size = (self.s.batch_size or self.encoder.default_batch_size) * CHUNK_BATCHES
+        writer = threading.Thread(target=self._writer_loop, name="mmsearch-writer", daemon=True)
+        writer.start()
+        with ThreadPoolExecutor(self.s.workers, thread_name_prefix="mmsearch-decode") as pool:
+            reader = threading.Thread(target=self._read, args=(pool, inflight), name="mmsearch-reader", daemon=True)
+            reader.start()
+            try:
+                self._consume(inflight, chunk_size)
+            except BaseException as e:
+                self.failure = self.failure or e
+            finally:
+                self._stop.set()
+                while reader.is_alive():  # unblock a reader waiting on a full queue
+                    try:
+                        inflight.get(timeout=0.05)
+                    except queue.Empty:
+                        pass
+                self._writes.put(_END)
+                writer.join()
+        if self.failure is not None:
+            raise self.failure
+
+    def _consume(self, inflight: "queue.Queue", chunk_size: int) -> None:
+        chunk: List[Prepared] = []
+        while self.failure is None:
+            fut = inflight.get()
+            if fut is _END:
+                break
+            result = fut.result()
+            if result is _SKIP:
+                self.stats.add(skipped=1)
+                self.progress.update(1)
+            elif isinstance(result, Rejection):
+                self._reject(result)
+            else:
+                chunk.append(result)
+                if len(chunk) >= chunk_size:
+                    self._encode(chunk)
+                    chunk = []
+        if chunk and self.failure is None:
+            self._encode(chunk)
+
+
+def _json_line(obj) -> str:
+    import json
+
+    return json.dumps(obj, ensure_ascii=False) + "\n"

@@ -1,0 +1,100 @@
+"""Settings of an indexing run, as one frozen dataclass built by the CLI or `build_index`."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, Union
+
+from ..errors import InputError
+
+DEFAULT_INSTRUCTIONS = {
+    # VLM2Vec's candidate conventions (DESIGN.md §3): raw text, a fixed image
+    # instruction, and the document-page instruction for rendered pages.
+    "text": "",
+    "image": "Represent the given image.",
+    "image,text": "Represent the given image with related text information:",
+    "page": "Understand the content of the provided document image.",
+}
+EXISTING_POLICIES = ("skip", "update", "reject")
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    model: Optional[str] = None
+    device: str = "auto"
+    dtype: str = "auto"
+    task: Optional[str] = None
+    instruction: Optional[str] = None
+    index: str = "auto"                  # "auto" or a faiss index_factory string
+    memory_budget: Optional[int] = None  # bytes for the search-time index; None = 4 GiB
+    shard_size: int = 100_000
+    batch_size: Optional[int] = None
+    workers: int = 2
+    store_vectors: bool = True           # shards/NNNNN/vectors.npy (float16) for refine/compact
+    thumbnails: bool = True
+    max_errors: Union[int, float, None] = None  # a count (>=1) or a fraction (<1) of items read
+    max_image_pixels: Optional[int] = 89_478_485
+    existing: str = "skip"               # an id already in the index: skip (resume), update, reject
+    source_kind: Optional[str] = None
+    source_options: Mapping[str, Any] = field(default_factory=dict)
+    queue_size: int = 256                # in-flight decoded items (backpressure)
+    train_size: Optional[int] = None     # vectors to train IVF on; None = picked from nlist
+    show_progress: bool = False
+    recall_target: float = 0.95          # auto-tuning of nprobe for ANN indexes
+
+    def __post_init__(self) -> None:
+        for name in ("shard_size", "workers", "queue_size"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise InputError(f"{name} must be a positive integer, got {v!r}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise InputError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        if self.existing not in EXISTING_POLICIES:
+            raise InputError(f"existing={self.existing!r}; valid: {', '.join(EXISTING_POLICIES)}")
+        if self.task is not None and self.instruction is not None:
+            raise InputError("give either task or instruction, not both")
+        if self.max_errors is not None and (self.max_errors < 0):
+            raise InputError(f"max_errors must be >= 0, got {self.max_errors!r}")
+
+    def instructions(self) -> dict:
+        """The candidate instruction per modality, as recorded in the manifest."""
+        if self.instruction is not None:
+            return {"default": self.instruction}
+        if self.task is not None:
+            from ..tasks import resolve_instruction
+
+            return {"default": resolve_instruction(task=self.task, side="candidate")}
+        return dict(DEFAULT_INSTRUCTIONS)
+
+    def error_limit(self, items_read: int) -> Optional[float]:
+        if self.max_errors is None:
+            return None
+        if isinstance(self.max_errors, float) and self.max_errors < 1:
+            return self.max_errors * items_read
+        return float(self.max_errors)
+
+
+def parse_max_errors(text: Optional[str]) -> Union[int, float, None]:
+    """'100' -> 100 rejections, '0.01' or '1%' -> 1% of the items read."""
+    if text is None:
+        return None
+    t = str(text).strip()
+    try:
+        if t.endswith("%"):
+            return float(t[:-1]) / 100
+        return float(t) if "." in t else int(t)
+    except ValueError:
+        raise InputError(f"--max-errors {text!r}: expected a count like 100 or a fraction like 0.01 or 1%") from None
+
+
+def parse_size(text: Union[str, int, None]) -> Optional[int]:
+    """'4G', '512M', '1.5GiB', 123 -> bytes."""
+    if text is None or isinstance(text, int):
+        return text
+    t = str(text).strip().upper().removesuffix("IB").removesuffix("B")
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    try:
+        if t and t[-1] in mult:
+            return int(float(t[:-1]) * mult[t[-1]])
+        return int(float(t))
+    except ValueError:
+        raise InputError(f"size {text!r}: expected bytes or a number with K, M, G or T") from None
