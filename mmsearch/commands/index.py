@@ -50,6 +50,8 @@ def _run_options(p) -> None:
     p.add_argument("--workers", type=int, default=2, help="decode worker threads")
     p.add_argument("--max-errors", default=None,
                    help="fail (exit 1) when more items are rejected: a count (100) or a fraction (0.01, 1%%)")
+    p.add_argument("--max-image-pixels", type=int, default=89_478_485,
+                   help="reject images with more pixels (decompression bombs); 0 = no limit")
     p.add_argument("--no-vectors", action="store_true", help="don't keep float16 vectors per shard")
     p.add_argument("--no-thumbnails", action="store_true")
     p.add_argument("--no-progress", action="store_true")
@@ -91,6 +93,7 @@ def _options(args) -> dict:
     return dict(device=args.device, dtype=args.dtype, batch_size=args.batch_size, workers=args.workers,
                 max_errors=parse_max_errors(args.max_errors), store_vectors=not args.no_vectors,
                 thumbnails=not args.no_thumbnails, show_progress=not args.no_progress,
+                max_image_pixels=args.max_image_pixels or None,
                 source_kind=args.kind, source_options=source_options)
 
 
