@@ -45,6 +45,7 @@ Gotchas (transformers 5.23, peft 0.21):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import pathlib
 import shutil
@@ -74,6 +75,21 @@ PADDING_SIDES = ("left", "right")
 HIDDEN = 64
 TEXT_LAYERS = 2
 VISION_DEPTH = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class QwenSize:
+    """Sizes of a Qwen2-VL/Qwen2.5-VL build; the defaults are the test-sized model.
+    Benchmarks and the trainer use larger ones (e.g. hidden 192, 3 layers, vision 128 x 3)."""
+
+    hidden: int = HIDDEN
+    layers: int = TEXT_LAYERS
+    heads: int = 4
+    kv_heads: int = 2
+    ffn: int = 2 * HIDDEN
+    vision_embed: int = 32
+    vision_depth: int = VISION_DEPTH
+    vision_heads: int = 2
 PATCH = 14
 MERGE = 2
 # Qwen images: 56*56 .. 112*112 pixels, i.e. 1 to 16 merged image tokens.
@@ -245,18 +261,18 @@ def _token_id(tokenizer, token: str) -> int:
 # ----------------------------------------------------------------------------- configs
 
 
-def _qwen_text_config(tokenizer) -> dict:
-    head_dim = HIDDEN // 4
+def _qwen_text_config(tokenizer, size: QwenSize) -> dict:
+    head_dim = size.hidden // size.heads
     half = head_dim // 2
     # the real checkpoints split head_dim/2 as 1/4, 3/8, 3/8 (16, 24, 24 of 64)
     mrope_section = [half // 4, (half - half // 4) // 2, half - half // 4 - (half - half // 4) // 2]
     return dict(
         vocab_size=len(tokenizer),
-        hidden_size=HIDDEN,
-        intermediate_size=2 * HIDDEN,
-        num_hidden_layers=TEXT_LAYERS,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        hidden_size=size.hidden,
+        intermediate_size=size.ffn,
+        num_hidden_layers=size.layers,
+        num_attention_heads=size.heads,
+        num_key_value_heads=size.kv_heads,
         max_position_embeddings=2048,
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope_section},
         bos_token_id=_token_id(tokenizer, "<|endoftext|>"),
@@ -266,28 +282,29 @@ def _qwen_text_config(tokenizer) -> dict:
     )
 
 
-def _qwen_config(kind: str, tokenizer):
+def _qwen_config(kind: str, tokenizer, size: QwenSize):
     from transformers import Qwen2_5_VLConfig, Qwen2VLConfig
 
     vision_common = dict(
-        depth=VISION_DEPTH, num_heads=2, patch_size=PATCH, spatial_merge_size=MERGE, temporal_patch_size=2
+        depth=size.vision_depth, num_heads=size.vision_heads, patch_size=PATCH, spatial_merge_size=MERGE,
+        temporal_patch_size=2
     )
     if kind == "qwen2_vl":
         cls = Qwen2VLConfig
-        vision = dict(vision_common, embed_dim=32, mlp_ratio=2, hidden_size=HIDDEN)
+        vision = dict(vision_common, embed_dim=size.vision_embed, mlp_ratio=2, hidden_size=size.hidden)
     else:
         cls = Qwen2_5_VLConfig
-        # window of 56 px = 2x2 merged tokens; block 1 attends fully, block 0 windowed
+        # window of 56 px = 2x2 merged tokens; the last block attends fully, the others windowed
         vision = dict(
             vision_common,
-            hidden_size=32,
-            intermediate_size=64,
-            out_hidden_size=HIDDEN,
+            hidden_size=size.vision_embed,
+            intermediate_size=2 * size.vision_embed,
+            out_hidden_size=size.hidden,
             window_size=56,
-            fullatt_block_indexes=[VISION_DEPTH - 1],
+            fullatt_block_indexes=[size.vision_depth - 1],
         )
     return cls(
-        text_config=_qwen_text_config(tokenizer),
+        text_config=_qwen_text_config(tokenizer, size),
         vision_config=vision,
         image_token_id=_token_id(tokenizer, "<|image_pad|>"),
         video_token_id=_token_id(tokenizer, "<|video_pad|>"),
@@ -459,9 +476,9 @@ def model_class(kind: str):
     return getattr(transformers, _MODEL_CLASSES[kind])
 
 
-def _config(kind: str, tokenizer):
+def _config(kind: str, tokenizer, size: QwenSize):
     if kind in ("qwen2_vl", "qwen2_5_vl"):
-        return _qwen_config(kind, tokenizer)
+        return _qwen_config(kind, tokenizer, size)
     if kind == "llava_next":
         return _llava_next_config(tokenizer)
     if kind == "clip":
@@ -469,7 +486,8 @@ def _config(kind: str, tokenizer):
     return _siglip_config(tokenizer)
 
 
-def build_tiny_model(kind: str, out_dir, *, seed: int = 0, padding_side: str = "right") -> pathlib.Path:
+def build_tiny_model(kind: str, out_dir, *, seed: int = 0, padding_side: str = "right",
+                     size: "QwenSize | None" = None) -> pathlib.Path:
     """Build a tiny random ``kind`` checkpoint (one of ``KINDS``) in ``out_dir``; return its path.
 
     The directory holds config, safetensors weights, tokenizer (saved with
@@ -480,7 +498,7 @@ def build_tiny_model(kind: str, out_dir, *, seed: int = 0, padding_side: str = "
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tiny_tokenizer(padding_side=padding_side, **_TOKENIZER_SPECS[kind])
-    config = _config(kind, tokenizer)
+    config = _config(kind, tokenizer, size or QwenSize())
     with _seeded(seed):
         model = model_class(kind)(config)
     model.eval()
