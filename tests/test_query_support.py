@@ -72,6 +72,20 @@ def build_index(path, x, spec="Flat", shards=1, *, model=TEST_MODEL, texts=None,
     return manifest
 
 
+class VectorEncoder:
+    """A stand-in for TEST_MODEL: the query text "q<i>" embeds to row i of `xq`."""
+
+    name, backbone, fingerprint = TEST_MODEL.id, TEST_MODEL.backbone, None
+
+    def __init__(self, xq):
+        self.xq, self.dim = np.ascontiguousarray(xq, dtype=np.float32), xq.shape[1]
+        self.seen = []
+
+    def encode(self, inputs, instruction=None, batch_size=None, show_progress=None):
+        self.seen.extend(inputs)
+        return self.xq[[int(q.text[1:]) for q in inputs]]
+
+
 def brute_force(x, xq, k, allowed=None, metric="inner_product"):
     """Exact (D, I) over the rows of x allowed by the bool mask (faiss convention)."""
     rows = np.arange(len(x)) if allowed is None else np.flatnonzero(allowed)

@@ -27,7 +27,6 @@ from mmsearch.encoders import load_encoder
 from mmsearch.errors import ImageError, IndexFormatError, InputError, ModelLoadError
 from mmsearch.images import load_image
 from mmsearch.index_format import STORE_DIR, ModelInfo, PathLike, check_model, read_manifest
-from mmsearch.store import Store
 
 from .filtered import FilterPolicy, RowMask, search_shard
 from .filters import Filter, parse_filter
@@ -37,7 +36,7 @@ from .params import SearchParams
 from .queries import as_queries, with_instruction
 from .rerank import RerankContext, make_reranker, parse_rerank
 from .shard import Shard
-from .tombstones import Tombstones
+from .tombstones import StoreView
 
 QUERY_BANK_FILE = "query_bank.npy"
 _MASK_CACHE_SIZE = 32
@@ -55,8 +54,7 @@ class Index:
                        for s in self.manifest.shards]
         self._starts = np.array([s.id_start for s in self.shards], dtype=np.int64)
         self._ends = np.array([s.info.id_end for s in self.shards], dtype=np.int64)
-        self._store = Store(self.path / STORE_DIR, readonly=True) if (self.path / STORE_DIR).is_dir() else None
-        self._tombstones = Tombstones(self._store, self._starts, self._ends)
+        self._store = StoreView(self.path / STORE_DIR, self._starts, self._ends)
         self._defaults = SearchParams.coerce(self.manifest.faiss.search_params, strict=False)
         self._columns = list(dict.fromkeys(c for s in self.shards for c in s.meta.column_names))
         self._lock = threading.Lock()
@@ -213,7 +211,7 @@ class Index:
 
     def _masks(self, filt: Optional[Filter]) -> List[Optional[RowMask]]:
         """Allowed rows of each shard (None: all): the filter's matches minus tombstones."""
-        version, deleted = self._tombstones.current()
+        version, deleted = self._store.tombstones()
         if filt is None and not any(len(d) for d in deleted):
             return [None] * len(self.shards)
         key = (filt.key if filt else None, version)
@@ -274,7 +272,7 @@ class Index:
         """The records of item ids (None for ids unknown or deleted)."""
         ids = [ids] if isinstance(ids, str) else list(ids)
         rows = self._rows_of(ids)
-        _, deleted = self._tombstones.current()
+        _, deleted = self._store.tombstones()
         dead = set(int(r) + s.id_start for s, d in zip(self.shards, deleted) for r in d)
         live = [i for i, r in enumerate(rows) if r >= 0 and int(r) not in dead]
         out: List[Optional[dict]] = [None] * len(ids)
@@ -283,8 +281,8 @@ class Index:
         return out
 
     def _rows_of(self, ids: List[str]) -> np.ndarray:
-        if self._store is not None:
-            return self._store.rows_for(ids)
+        if self._store.exists:
+            return self._store.read(lambda store: store.rows_for(ids))
         rows = np.full(len(ids), -1, dtype=np.int64)
         wanted = pa.array(ids, type=pa.string())
         for shard in self.shards:
@@ -309,7 +307,7 @@ class Index:
                     return load_image(path)
                 except ImageError:
                     break
-        thumb = self._store.get_thumbnail(record["id"]) if self._store is not None else None
+        thumb = self._store.read(lambda s: s.get_thumbnail(record["id"])) if self._store.exists else None
         return load_image(thumb) if thumb else None
 
     def query_bank(self) -> np.ndarray:
@@ -358,8 +356,6 @@ class Index:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
-        if self._store is not None:
-            self._store.close()
 
     def __enter__(self) -> "Index":
         return self
