@@ -6,6 +6,7 @@ subpackages but is not part of the contract.
 from ._version import __version__
 from .encoders import load_encoder
 from .errors import ImageError, MMSearchError
+from .indexer.build import build_index
 from .types import Item, Query
 
 __all__ = [
@@ -14,5 +15,6 @@ __all__ = [
     "MMSearchError",
     "Query",
     "__version__",
+    "build_index",
     "load_encoder",
 ]

@@ -222,7 +222,7 @@ def test_model_load_errors(tmp_path):
 
 def test_public_api_is_locked():
     assert sorted(mmsearch.__all__) == sorted([
-        "ImageError", "Item", "MMSearchError", "Query", "__version__", "load_encoder",
+        "ImageError", "Item", "MMSearchError", "Query", "__version__", "build_index", "load_encoder",
     ])
     for name in mmsearch.__all__:
         assert hasattr(mmsearch, name)
