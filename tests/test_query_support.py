@@ -39,7 +39,7 @@ def split_sizes(n, shards):
     return np.diff(cuts).tolist()
 
 
-def build_index(path, x, spec="Flat", shards=1, *, model=TEST_MODEL, texts=None, images=None,
+def build_index(path, x, spec="Flat", shards=1, *, model=TEST_MODEL, texts=None, images=None, modalities=None,
                 deleted=(), search_params=None, metric="inner_product", vectors=True, train=None):
     """A committed index of `x` (row i = item f"item-{i}") in `shards` shards; returns the manifest."""
     n, d = x.shape
@@ -52,13 +52,14 @@ def build_index(path, x, spec="Flat", shards=1, *, model=TEST_MODEL, texts=None,
         spec_rec = fmt.write_trained_template(path, template, spec, search_params)
     manifest = fmt.Manifest.create(model, spec_rec, {"image": "Represent the given image.", "default": ""},
                                    metric=metric)
+    modalities = modalities or [MODALITIES[r % 3] for r in range(n)]
     start = 0
     for number, size in enumerate(split_sizes(n, shards) if isinstance(shards, int) else shards):
         rows = np.arange(start, start + size, dtype=np.int64)
         index = fmt.new_shard_index(path, manifest)
         index.add_with_ids(x[rows], rows)
         meta = fmt.build_meta_table(
-            [f"item-{r}" for r in rows], [MODALITIES[r % 3] for r in rows],
+            [f"item-{r}" for r in rows], [modalities[r] for r in rows],
             [texts[r] if texts else f"caption {r}" for r in rows],
             [images[r] if images else f"img/{r}.png" for r in rows], [item_meta(int(r)) for r in rows])
         info = fmt.write_shard(path, fmt.shard_name(number), index, rows, meta, x[rows] if vectors else None)
