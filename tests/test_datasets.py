@@ -514,6 +514,10 @@ def test_bad_options_name_the_valid_ones(tmp_path):
              scene=SceneOptions(shapes=("circle",), colours=("red",), max_groups=1))
     with pytest.raises(InputError, match="unknown option"):
         make(tmp_path / "a", colour="red")
+    with pytest.raises(InputError, match="SceneOptions"):
+        SyntheticOptions(scene="shapes")
+    opts = SyntheticOptions(scene={"shapes": ("circle", "square")}, holdout="10%")
+    assert opts.scene.max_groups == 2 and opts.holdout == Holdout(fraction=0.1)
 
 
 def test_output_must_be_empty_unless_overwrite(tmp_path):

@@ -32,23 +32,25 @@ def register(sub) -> None:
     for split in ("train", "val", "test"):
         s.add_argument(f"--{split}-size", type=int, default=None, help=f"queries per task in the {split} split")
     s.add_argument("--splits", type=_csv, default=None,
-                   help="splits to write, comma-separated (default: mbeir train,val,test; mmeb test; train train)")
+                   help="splits to write, comma-separated; unset: mbeir writes train,val,test, mmeb test, "
+                        "train train")
     s.add_argument("--seed", type=int, default=0, help="random seed")
     s.add_argument("--image-size", type=int, default=112, help="scene image side in pixels")
-    s.add_argument("--tasks", type=_csv, default=("t2i", "i2t", "composed", "vqa", "doc"),
-                   help="comma-separated: t2i, i2t, composed, vqa, doc")
+    s.add_argument("--tasks", type=_csv, default="t2i,i2t,composed,vqa,doc", help="tasks, comma-separated")
     s.add_argument("--holdout", default=None, metavar="FRACTION|PAIRS",
-                   help="colour-shape pairs never shown in train/val and present in every test scene: a fraction "
-                        "of all pairs (0.2) or a list (red:circle,blue:square)")
+                   help="colour-shape pairs shown only in the --holdout-splits, where every scene has one: a "
+                        "fraction of all pairs (0.2) or a list (red:circle,blue:square)")
     s.add_argument("--holdout-seed", type=int, default=0, help="seed choosing the held-out pairs from a fraction")
-    s.add_argument("--holdout-splits", type=_csv, default=("test",), help="splits made of held-out pairs")
-    s.add_argument("--shapes", type=_csv, default=None, help="shapes to draw (circle,square,triangle,star,cross,"
-                                                             "diamond)")
-    s.add_argument("--colours", type=_csv, default=None, help="colours to draw")
+    s.add_argument("--holdout-splits", type=_csv, default="test", help="splits made of held-out pairs")
+    s.add_argument("--shapes", type=_csv, default=None,
+                   help="shapes to draw, from circle,square,triangle,star,cross,diamond; unset: all but diamond")
+    s.add_argument("--colours", type=_csv, default=None,
+                   help="colours to draw, from red,orange,yellow,green,cyan,blue,purple,pink,brown,black; "
+                        "unset: all but brown and black")
     s.add_argument("--doc-style", choices=("page", "word"), default="page",
                    help="document pages: title and sentences, or one large word (a reading curriculum)")
-    s.add_argument("--page-size", type=int, default=None, help="page side in pixels (default: --image-size)")
-    s.add_argument("--font-size", type=int, default=None, help="page body font size (default: page size / 11)")
+    s.add_argument("--page-size", type=int, default=None, help="page side in pixels; unset: --image-size")
+    s.add_argument("--font-size", type=int, default=None, help="page body font size; unset: page size / 11")
     s.add_argument("--candidates", type=int, default=1000, help="MMEB: candidates per query, positive included")
     s.add_argument("--table", choices=("parquet", "jsonl"), default="parquet", help="MMEB / MMEB-train table format")
     s.add_argument("--overwrite", action="store_true", help="replace a collection already in --out")

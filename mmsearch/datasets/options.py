@@ -91,7 +91,7 @@ class SyntheticOptions:
     image_size: int = 112
     tasks: Tuple[str, ...] = TASKS
     splits: Optional[Tuple[str, ...]] = None  # None: DEFAULT_SPLITS[format]
-    holdout: Optional[Holdout] = None
+    holdout: Union[None, Holdout, float, str] = None  # a fraction or "red:circle,..." becomes a Holdout
     scene: SceneOptions = field(default_factory=SceneOptions)
     doc: DocOptions = field(default_factory=DocOptions)
     edit_kinds: Tuple[str, ...] = EDIT_KINDS
@@ -109,6 +109,13 @@ class SyntheticOptions:
         _positive("seed", self.seed, 0)
         _positive("image_size", self.image_size, 32, 2048)
         _positive("num_candidates", self.num_candidates, 2)
+        for name, kind in (("scene", SceneOptions), ("doc", DocOptions)):
+            value = getattr(self, name)
+            if isinstance(value, Mapping):
+                object.__setattr__(self, name, kind(**value))
+            elif not isinstance(value, kind):
+                raise InputError(f"{name} must be a {kind.__name__} or a dict of its fields, got {value!r}")
+        object.__setattr__(self, "holdout", holdout_from(self.holdout))
         object.__setattr__(self, "tasks", check_kinds(self.tasks, TASKS, "task"))
         object.__setattr__(self, "edit_kinds", check_kinds(self.edit_kinds, EDIT_KINDS, "edit kind"))
         object.__setattr__(self, "question_kinds", check_kinds(self.question_kinds, QUESTION_KINDS, "question kind"))

@@ -44,7 +44,7 @@ class Output:
                 img = render_scene(picture.scene, self.options.image_size)
             else:
                 img = render_page(picture.page, self.options.page_size, self.options.doc)
-            img.save(self.path(rel), format="PNG")
+            img.save(self.path(rel), format="PNG", compress_level=3)
             self.images += 1
             self.files += 1
             if self.progress is not None:

@@ -79,7 +79,7 @@ class SceneOptions:
 
     shapes: Tuple[str, ...] = DEFAULT_SHAPES
     colours: Tuple[str, ...] = DEFAULT_COLOURS
-    max_groups: int = 3
+    max_groups: Optional[int] = None      # None: 3, or fewer if fewer shapes
     max_count: int = 3                    # small groups; a large group is one shape
     group_weights: Tuple[float, ...] = (0.2, 0.4, 0.4)  # P(1 group), P(2), P(3)
     colour_jitter: int = 12               # +- per RGB channel, per group
@@ -91,6 +91,8 @@ class SceneOptions:
         object.__setattr__(self, "colours", tuple(self.colours))
         _check_names("shape", self.shapes, SHAPES)
         _check_names("colour", self.colours, tuple(PALETTE))
+        if self.max_groups is None:
+            object.__setattr__(self, "max_groups", min(3, len(self.shapes)))
         if not isinstance(self.max_groups, int) or not 1 <= self.max_groups <= 3:
             raise InputError(f"max_groups must be 1, 2 or 3, got {self.max_groups!r}")
         if self.max_groups > len(self.shapes):

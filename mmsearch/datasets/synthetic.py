@@ -34,7 +34,7 @@ from .mbeir import OWNED as MBEIR_OWNED
 from .mbeir import write_mbeir
 from .mmeb import owned as mmeb_owned
 from .mmeb import write_mmeb, write_train
-from .options import FORMATS, Holdout, SyntheticOptions, holdout_from
+from .options import FORMATS, Holdout, SyntheticOptions
 from .output import Output, Progress, prepare_root
 from .scenes import SceneOptions
 
@@ -51,8 +51,6 @@ def make(out: Union[str, Path], options: Optional[SyntheticOptions] = None, *,
     ``progress(done, total)`` is called after each image is written.
     """
     start = time.perf_counter()
-    if "holdout" in kwargs:
-        kwargs["holdout"] = holdout_from(kwargs["holdout"])
     try:
         options = replace(options or SyntheticOptions(), **kwargs) if kwargs else (options or SyntheticOptions())
     except TypeError as e:
