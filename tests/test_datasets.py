@@ -208,6 +208,20 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path, fmt):
     assert tree_digest(tmp_path / "a") != tree_digest(tmp_path / "c")
 
 
+def test_same_bytes_across_processes(tmp_path):
+    """No set or dict order leaks into the files: other hash seeds, same bytes."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys; from mmsearch.datasets import make; "
+            "make(sys.argv[1], size=3, seed=1, splits=('val', 'test'), holdout=0.25)")
+    for h in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": h}
+        subprocess.run([sys.executable, "-c", code, str(tmp_path / h)], check=True, env=env, timeout=120)
+    assert tree_digest(tmp_path / "1") == tree_digest(tmp_path / "2")
+
+
 def test_layouts_are_views_of_one_collection():
     a = generate(SyntheticOptions(format="mbeir", size=5, seed=2, splits=("test",)))
     b = generate(SyntheticOptions(format="mmeb", size=5, seed=2))

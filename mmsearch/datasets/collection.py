@@ -67,9 +67,6 @@ class Collection:
     held_out: Tuple[Pair, ...]
     parts: Dict[Tuple[str, str], TaskData]   # (task, split) -> data, in split then task order
 
-    def of_split(self, split: str) -> List[TaskData]:
-        return [d for (t, s), d in self.parts.items() if s == split]
-
     def of_task(self, task: str) -> List[TaskData]:
         return [d for (t, s), d in self.parts.items() if t == task]
 

@@ -197,8 +197,8 @@ def sample_group(rng: np.random.Generator, opts: SceneOptions, shape: str, colou
 
 def sample_scene(rng: np.random.Generator, opts: SceneOptions, allowed: Callable[[Pair], bool],
                  require: Optional[Pair] = None) -> Optional[Scene]:
-    """A random scene whose pairs all pass ``allowed`` (``require`` is placed first
-    in a random group); None when the draw fails, so callers can redraw."""
+    """A random scene whose (colour, shape) pairs pass ``allowed``, except ``require``,
+    which is always one of its groups; None when the draw fails, so callers redraw."""
     weights = np.asarray(opts.group_weights[:opts.max_groups])
     n = int(rng.choice(len(weights), p=weights / weights.sum())) + 1
     shapes = [opts.shapes[i] for i in rng.permutation(len(opts.shapes))]

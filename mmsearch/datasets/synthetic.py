@@ -19,6 +19,14 @@ generated collection, so a seed gives the same scenes in every format. Changing 
 tasks or splits generated may change the others' items (scenes are unique across
 the collection). ``holdout`` keeps colour x shape pairs out of train/val and puts
 one in every test scene (see `Holdout`).
+
+A train / evaluate recipe with unseen combinations (the held-out pairs depend only
+on the holdout fraction and its own seed, not on the data seed)::
+
+    make("data/train", format="train", size=20000, seed=1, holdout=0.2)          # never shows them
+    make("data/eval", format="mbeir", split_sizes={"val": 500, "test": 500},
+         splits=("val", "test"), seed=2, holdout=0.2)
+    # query/val: held-in scenes; query/test: every scene has a held-out pair
 """
 from __future__ import annotations
 
