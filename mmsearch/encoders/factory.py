@@ -77,7 +77,7 @@ def load_encoder(
     proc_dir = _processor_dir(path, weights_dir, preset)
     processor = load_vlm_processor(proc_dir, backbone, preset)
     return VLM2VecEncoder(net, processor, backbone=backbone, name=str(model), preset=preset, device=dev, dtype=dt,
-                          fingerprint=fingerprint, max_pixels=max_image_pixels)
+                          fingerprint=fingerprint, max_pixels=max_image_pixels, processor_dir=proc_dir)
 
 
 def _load_model(path: Path, backbone: str, preset: Preset, dtype):

@@ -7,6 +7,7 @@ modality and length (see `base.plan_batches`) instead of one by one.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import List, Optional, Sequence
 
 import numpy as np
@@ -32,7 +33,7 @@ def last_token_pool(hidden: "torch.Tensor", attention_mask: "torch.Tensor") -> "
 
 class VLM2VecEncoder(Encoder):
     def __init__(self, model, processor, *, backbone: str, name: str, preset: Preset, device, dtype,
-                 fingerprint: str, max_pixels: Optional[int] = None):
+                 fingerprint: str, max_pixels: Optional[int] = None, processor_dir: Optional[Path] = None):
         self.model = model.eval()
         self.processor = processor
         self.backbone = backbone
@@ -42,6 +43,7 @@ class VLM2VecEncoder(Encoder):
         self.dtype = dtype
         self.fingerprint = fingerprint
         self.max_pixels = max_pixels
+        self.processor_dir = processor_dir  # where the tokenizer/processor files came from
         self.default_batch_size = preset.batch_size or 16
         self.dim = int(_hidden_size(model.config))
 
@@ -67,16 +69,29 @@ class VLM2VecEncoder(Encoder):
             kwargs["images"] = images
         return dict(self.processor(**kwargs))
 
-    def encode_batch(self, requests: Sequence[Request]) -> np.ndarray:
+    def model_inputs(self, requests: Sequence[Request]) -> dict:
+        """`processor_inputs` on the encoder's device, pixel values in its dtype."""
         import torch
 
         batch = {k: (v.to(self.device) if hasattr(v, "to") else v) for k, v in self.processor_inputs(requests).items()}
         if "pixel_values" in batch and torch.is_floating_point(batch["pixel_values"]):
             batch["pixel_values"] = batch["pixel_values"].to(self.dtype)
+        return batch
+
+    def embed(self, batch: dict) -> "torch.Tensor":
+        """L2-normalised float32 embeddings of a `model_inputs` batch: the last real
+        token's final hidden state. Differentiable (the trainer calls it with grad)."""
+        import torch
+
+        pooled = last_token_pool(self.final_hidden_states(batch), batch["attention_mask"]).float()
+        return torch.nn.functional.normalize(pooled, p=2, dim=-1)
+
+    def encode_batch(self, requests: Sequence[Request]) -> np.ndarray:
+        import torch
+
+        batch = self.model_inputs(requests)
         with torch.inference_mode():
-            hidden = self.final_hidden_states(batch)
-            pooled = last_token_pool(hidden, batch["attention_mask"]).float()
-            pooled = torch.nn.functional.normalize(pooled, p=2, dim=-1)
+            pooled = self.embed(batch)
         return pooled.cpu().numpy().astype(np.float32, copy=False)
 
     def final_hidden_states(self, batch: dict) -> "torch.Tensor":
