@@ -34,6 +34,7 @@ BASE = [
     "tqdm>=4.60",
     "safetensors>=0.4",
     "pypdfium2>=4.20",
+    "matplotlib>=3.7",  # report and benchmark charts
 ]
 
 EXTRAS = {
@@ -42,7 +43,7 @@ EXTRAS = {
     "server": ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9", "httpx>=0.27"],
     "ray": ["ray[data]>=2.30"],
     "train": ["accelerate>=0.30"],
-    "dev": ["pytest>=8", "tokenizers>=0.19", "pandas>=2", "duckdb>=1"],
+    "dev": ["pytest>=8", "tokenizers>=0.19", "pandas>=2", "duckdb>=1", "pytrec-eval-terrier>=0.5"],
 }
 EXTRAS["all"] = sorted({r for k in ("server", "ray", "train", "dev") for r in EXTRAS[k]})
 

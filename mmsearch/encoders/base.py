@@ -30,6 +30,9 @@ class Request:
     text: Optional[str]
     image: Optional[Image.Image]
     instruction: Optional[str]
+    # A complete, already formatted input string used verbatim (benchmark protocols
+    # such as MMEB ship them); it must carry the image token iff there is an image.
+    prompt: Optional[str] = None
 
 
 def _query_instruction(query: Query, default: Optional[str]) -> Optional[str]:
@@ -81,7 +84,7 @@ def plan_batches(requests: Sequence[Request], batch_size: int) -> List[List[int]
     def key(i: int):
         r = requests[i]
         size = r.image.size[0] * r.image.size[1] if r.image is not None else 0
-        return (r.image is not None, size, len(r.instruction or "") + len(r.text or ""))
+        return (r.image is not None, size, len(r.prompt or "") + len(r.instruction or "") + len(r.text or ""))
 
     order = sorted(range(len(requests)), key=key)
     batches: List[List[int]] = []

@@ -38,6 +38,9 @@ class DualEncoder(Encoder):
         self.dim = int(model.config.projection_dim if backbone == "clip" else model.config.text_config.hidden_size)
 
     def _text(self, r: Request) -> str:
+        if r.prompt is not None:  # a VLM prompt: a dual encoder has no image token
+            return " ".join(r.prompt.replace("<|image_1|>", " ").replace("<|image_pad|>", " ").replace(
+                "<image>", " ").split())
         return " ".join(p for p in (r.instruction or "", r.text or "") if p)
 
     def _encode_texts(self, texts: List[str]) -> "torch.Tensor":
@@ -57,7 +60,8 @@ class DualEncoder(Encoder):
         n = len(requests)
         out = torch.zeros((n, self.dim), dtype=torch.float32)
         with torch.inference_mode():
-            t_idx = [i for i, r in enumerate(requests) if r.text]
+            # a verbatim prompt with an image is the VLM protocol's instruction: the image tower alone
+            t_idx = [i for i, r in enumerate(requests) if r.text or (r.prompt and r.image is None)]
             i_idx = [i for i, r in enumerate(requests) if r.image is not None]
             if t_idx:
                 out[t_idx] += normalize(self._encode_texts([self._text(requests[i]) for i in t_idx]).float(), dim=-1).cpu()

@@ -55,6 +55,8 @@ class VLM2VecEncoder(Encoder):
         return image
 
     def format(self, request: Request) -> str:
+        if request.prompt is not None:
+            return request.prompt
         return format_input(self.backbone, request.text, request.instruction, request.image is not None)
 
     def processor_inputs(self, requests: Sequence[Request]) -> dict:

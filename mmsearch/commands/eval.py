@@ -1,0 +1,99 @@
+"""`mmsearch eval mbeir|mmeb`: retrieval experiments with reports."""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from ._common import print_json
+
+
+def register(sub) -> None:
+    p = sub.add_parser("eval", help="run M-BEIR / MMEB evaluations",
+                       description="Evaluate a model on M-BEIR- or MMEB-format collections.")
+    esub = p.add_subparsers(dest="eval_command", metavar="BENCHMARK")
+    m = esub.add_parser("mbeir", help="M-BEIR: local pools and the global union pool",
+                        description="Index candidate pools, encode queries with their M-BEIR prompts, search, and "
+                                    "report Recall@k (hit@k), nDCG@10 and MRR@10. Rerun to resume.")
+    m.add_argument("--root", required=True, help="the M-BEIR root (query/, cand_pool/, qrels/, instructions/)")
+    m.add_argument("--split", default="test", choices=("train", "val", "test"))
+    m.add_argument("--pairs", nargs="+", default=None, help="e.g. visualnews_task0 cirr_task7 (default: all)")
+    m.add_argument("--pool", choices=("local", "global", "both"), default="both")
+    m.add_argument("--prompt", choices=("first", "random"), default="first", help="which of the 4 prompts")
+    m.add_argument("--seed", type=int, default=0, help="seed for --prompt random")
+    m.add_argument("--index", default="auto", help="faiss index for the pools (auto, Flat, HNSW32, ...)")
+    m.add_argument("--fresh", action="store_true", help="recompute pairs already finished in --work")
+    _common(m, "mbeir")
+    m.set_defaults(handler=run_mbeir)
+    e = esub.add_parser("mmeb", help="MMEB: each query against its own candidates (hit@1)")
+    e.add_argument("--root", required=True, help="folder with <Dataset>/test.parquet|jsonl tables")
+    e.add_argument("--datasets", nargs="+", default=None)
+    e.add_argument("--image-root", default=None, help="image folder (default: ROOT/images)")
+    _common(e, "mmeb")
+    e.set_defaults(handler=run_mmeb)
+    p.set_defaults(handler=lambda args: (p.print_help(sys.stderr), 2)[1])
+
+
+def _common(p, name: str) -> None:
+    p.add_argument("--model", required=True, help="Hugging Face id or local checkpoint directory")
+    p.add_argument("--work", default=None, help=f"working/output folder (default: ./{name}-eval)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def _header(enc, **extra) -> dict:
+    from ..eval.report import model_info
+
+    return dict(model_info(enc), date=time.strftime("%Y-%m-%d %H:%M:%S"), **extra)
+
+
+def run_mbeir(args) -> int:
+    from .. import load_encoder
+    from ..eval.mbeir import MBeirSettings, run_mbeir
+    from ..eval.report import mbeir_report
+
+    work = Path(args.work or "mbeir-eval")
+    pools = ("local", "global") if args.pool == "both" else (args.pool,)
+    s = MBeirSettings(root=Path(args.root), work=work, split=args.split, pairs=args.pairs, pools=pools,
+                      prompt=args.prompt, seed=args.seed, batch_size=args.batch_size, index=args.index,
+                      fresh=args.fresh, show_progress=not args.no_progress)
+    start = time.perf_counter()
+    enc = load_encoder(args.model, device=args.device, dtype=args.dtype)
+    results = run_mbeir(s, enc)
+    header = _header(enc, root=args.root, split=args.split, prompt=args.prompt, index=args.index,
+                     elapsed_seconds=round(time.perf_counter() - start, 1))
+    paths = mbeir_report(work, results, header)
+    return _finish(args, paths, any(r.error for r in results))
+
+
+def run_mmeb(args) -> int:
+    from .. import load_encoder
+    from ..eval.mmeb import evaluate_dataset, find_datasets, summarize, task_table
+    from ..eval.report import mmeb_report
+
+    root = Path(args.root)
+    work = Path(args.work or "mmeb-eval")
+    start = time.perf_counter()
+    enc = load_encoder(args.model, device=args.device, dtype=args.dtype)
+    image_root = Path(args.image_root) if args.image_root else root / "images"
+    results = [evaluate_dataset(enc, name, table, image_root, args.batch_size, not args.no_progress)
+               for name, table in find_datasets(root, args.datasets).items()]
+    summary = summarize(results, task_table(root))
+    header = _header(enc, root=args.root, elapsed_seconds=round(time.perf_counter() - start, 1))
+    paths = mmeb_report(work, results, summary, header)
+    return _finish(args, paths, False)
+
+
+def _finish(args, paths: dict, had_errors: bool) -> int:
+    if args.json:
+        print_json(__import__("json").loads(Path(paths["json"]).read_text()))
+    else:
+        sys.stdout.write(Path(paths["markdown"]).read_text())
+        print(f"\nreport: {paths['markdown']} {paths['json']} {paths['chart'] or '(no chart: pip install matplotlib)'}",
+              file=sys.stderr)
+    if had_errors:
+        print("some pairs failed; see the error column", file=sys.stderr)
+    return 1 if had_errors else 0

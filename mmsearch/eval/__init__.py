@@ -1,0 +1,1 @@
+"""Retrieval experiments: M-BEIR and MMEB harnesses, metrics and reports."""
