@@ -118,7 +118,7 @@ def test_filter_errors_name_column_and_options(indexes):
 
 def test_filter_masks_are_reused_and_colors_cover_rows(indexes):
     with open_index(indexes["Flat"]) as index:
-        first = index._masks(parse_filter({"color": "red"}))
-        assert index._masks(parse_filter({"color": "red"})) is first
-        total = sum(m.count for c in COLORS for m in index._masks(parse_filter({"color": c})))
+        first = index.view().masks(parse_filter({"color": "red"}))
+        assert index.view().masks(parse_filter({"color": "red"})) is first
+        total = sum(m.count for c in COLORS for m in index.view().masks(parse_filter({"color": c})))
         assert total == N - len(DELETED)

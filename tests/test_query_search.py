@@ -152,3 +152,34 @@ def test_rows_hydrate_and_get(indexes):
         with pytest.raises(InputError, match="not in this index"):
             index.records([N])
 
+
+
+def test_an_open_index_follows_manifest_replacements(tmp_path):
+    x = clustered(150, seed=12)
+    manifest = build_index(tmp_path / "grow", x[:100], "Flat", shards=2)
+    with open_index(tmp_path / "grow") as index:
+        first = index.shards[0]
+        assert len(index) == 100 and index.search_vectors(x[120:121], 1)[1][0, 0] != 120
+        rows = np.arange(100, 150, dtype=np.int64)  # a new shard, committed by a new manifest
+        shard = fmt.new_shard_index(tmp_path / "grow", manifest)
+        shard.add_with_ids(x[100:], rows)
+        meta = fmt.build_meta_table([f"item-{r}" for r in rows], ["text"] * 50, [None] * 50, [None] * 50)
+        info = fmt.write_shard(tmp_path / "grow", fmt.shard_name(2), shard, rows, meta)
+        fmt.write_manifest(tmp_path / "grow", manifest.with_shard(info))
+        assert index.search_vectors(x[120:121], 1)[1][0, 0] == 120
+        assert len(index) == 150 and index.shards[0] is first  # unchanged shards are reused
+
+
+def test_query_package_imports_only_the_core():
+    import ast
+    import pathlib
+
+    allowed = {"mmsearch.index_format", "mmsearch.store", "mmsearch.encoders", "mmsearch.encoders.vlm2vec",
+               "mmsearch.types", "mmsearch.tasks", "mmsearch.images", "mmsearch.errors"}
+    root = pathlib.Path(open_index.__code__.co_filename).parent
+    for path in root.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module.startswith("mmsearch"):
+                assert node.module in allowed, f"{path.name} imports {node.module}"
+            if isinstance(node, ast.Import):
+                assert not any(a.name.startswith("mmsearch") for a in node.names), path.name

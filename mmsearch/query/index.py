@@ -6,40 +6,38 @@
 Opening is cheap: FAISS shards are memory-mapped where the index type allows it,
 meta.arrow files are memory-mapped, vectors.npy is mapped only when a reranker
 needs it, and the model loads on the first `search` that needs an embedding.
-An `Index` is a read-only snapshot of the shards listed when it was opened
-(deletions recorded in the store show up at once); it is safe to share between
-threads. Reopen it to see shards added later.
+
+An `Index` is safe to share between threads. Each call works on one consistent
+`IndexView` (the shards one manifest lists); when manifest.json is replaced (shards
+added, rows renumbered by a compaction) the next call switches to the new version.
+Deletions recorded in the store apply from the next call on.
 """
 from __future__ import annotations
 
 import os
 import threading
-from collections import OrderedDict
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from mmsearch.encoders import load_encoder
 from mmsearch.errors import ImageError, IndexFormatError, InputError, ModelLoadError
 from mmsearch.images import load_image
-from mmsearch.index_format import STORE_DIR, ModelInfo, PathLike, check_model, read_manifest
+from mmsearch.index_format import ModelInfo, PathLike, check_model
 
-from .filtered import FilterPolicy, RowMask, search_shard
+from .filtered import FilterPolicy, search_shard
 from .filters import Filter, parse_filter
 from .hits import Hit
-from .merge import map_shards, merge_results, pad_result
+from .merge import CostModel, map_shards, merge_results, pad_result
 from .params import SearchParams
 from .queries import as_queries, with_instruction
 from .rerank import RerankContext, make_reranker, parse_rerank
-from .shard import Shard
-from .tombstones import StoreView
+from .view import IndexView
 
 QUERY_BANK_FILE = "query_bank.npy"
-_MASK_CACHE_SIZE = 32
 
 
 class Index:
@@ -48,49 +46,65 @@ class Index:
     def __init__(self, path: PathLike, encoder: Any = None, device: str = "auto",
                  policy: FilterPolicy = FilterPolicy()):
         self.path = Path(path)
-        self.manifest = read_manifest(self.path)
         self.policy, self._device = policy, device
-        self.shards = [Shard(self.path, s, self.manifest.model.dim, self.manifest.metric)
-                       for s in self.manifest.shards]
-        self._starts = np.array([s.id_start for s in self.shards], dtype=np.int64)
-        self._ends = np.array([s.info.id_end for s in self.shards], dtype=np.int64)
-        self._store = StoreView(self.path / STORE_DIR, self._starts, self._ends)
-        self._defaults = SearchParams.coerce(self.manifest.faiss.search_params, strict=False)
-        self._columns = list(dict.fromkeys(c for s in self.shards for c in s.meta.column_names))
-        self._lock = threading.Lock()
+        self._view = IndexView(self.path)
+        self._lock = threading.Lock()           # the view, the pool, named rerankers
+        self._encoder_lock = threading.Lock()   # held while a model loads
         self._encoder = None if encoder is None else self._checked_encoder(encoder)
         self._executor: Optional[ThreadPoolExecutor] = None
-        self._masks_cache: "OrderedDict[tuple, List[Optional[RowMask]]]" = OrderedDict()
+        self._cost = CostModel()
         self._rerankers: Dict[str, Any] = {}
         self._bank: Optional[np.ndarray] = None
+
+    def view(self) -> IndexView:
+        """The current snapshot (re-read when manifest.json has been replaced)."""
+        view = self._view
+        if view.is_current():
+            return view
+        with self._lock:
+            if not self._view.is_current():
+                fresh = IndexView(self.path, previous=self._view)
+                if self._encoder is not None and fresh.manifest.model != self._view.manifest.model:
+                    check_model(fresh.manifest.model, self._model_info(self._encoder, fresh.manifest.model))
+                self._view = fresh
+            return self._view
+
+    @property
+    def manifest(self):
+        return self.view().manifest
+
+    @property
+    def shards(self):
+        return self.view().shards
 
     # --- facts ---------------------------------------------------------------------------
 
     def __len__(self) -> int:
-        return self.manifest.total_rows
+        return self.view().rows
 
     def __repr__(self) -> str:
-        return (f"Index({str(self.path)!r}, rows={len(self)}, shards={len(self.shards)}, "
-                f"model={self.manifest.model.id!r}, faiss={self.manifest.faiss.factory!r})")
+        m = self._view.manifest
+        return (f"Index({str(self.path)!r}, rows={m.total_rows}, shards={len(m.shards)}, "
+                f"model={m.model.id!r}, faiss={m.faiss.factory!r})")
 
     @property
     def dim(self) -> int:
-        return self.manifest.model.dim
+        return self._view.manifest.model.dim
 
     @property
     def keep_max(self) -> bool:
         """True when larger scores are better (inner product), False for l2 distances."""
-        return self.manifest.metric == "inner_product"
+        return self._view.manifest.metric == "inner_product"
 
     @property
     def columns(self) -> List[str]:
         """Every meta.arrow column of any shard (what filters may name)."""
-        return list(self._columns)
+        return list(self.view().columns)
 
     @property
     def candidate_instructions(self) -> Mapping[str, str]:
         """The instructions candidates were embedded with, by modality ("default" for the rest)."""
-        return self.manifest.instructions
+        return self.view().manifest.instructions
 
     # --- the encoder ---------------------------------------------------------------------
 
@@ -99,7 +113,7 @@ class Index:
         """The query encoder: the one passed to open_index, else the manifest's model,
         loaded on first use and checked against the manifest."""
         if self._encoder is None:
-            with self._lock:
+            with self._encoder_lock:
                 if self._encoder is None:
                     self._encoder = self._checked_encoder(self._load_manifest_model())
         return self._encoder
@@ -116,16 +130,21 @@ class Index:
     def _checked_encoder(self, encoder):
         if isinstance(encoder, (str, os.PathLike)):
             encoder = load_encoder(encoder, device=self._device)
-        built = self.manifest.model
         for name in ("name", "backbone", "dim", "encode"):
             if not hasattr(encoder, name):
                 raise InputError(f"encoder={encoder!r} is not an mmsearch encoder (no .{name}); "
                                  f"pass one from mmsearch.load_encoder or a model id")
-        used = ModelInfo(id=str(encoder.name), backbone=str(encoder.backbone), dim=int(encoder.dim),
+        built = self.manifest.model
+        check_model(built, self._model_info(encoder, built))
+        return encoder
+
+    @staticmethod
+    def _model_info(encoder, built: ModelInfo) -> ModelInfo:
+        """What the encoder can tell about itself; pooling and normalisation are not
+        properties an encoder exposes, so the manifest's are taken."""
+        return ModelInfo(id=str(encoder.name), backbone=str(encoder.backbone), dim=int(encoder.dim),
                          dtype=built.dtype, weight_hash=getattr(encoder, "fingerprint", None),
                          pooling=built.pooling, normalized=built.normalized)
-        check_model(built, used)
-        return encoder
 
     # --- search --------------------------------------------------------------------------
 
@@ -141,94 +160,68 @@ class Index:
         comma-separated or list chain of names, or reranker objects. `params`:
         per-call knobs such as ``{"nprobe": 32, "efSearch": 128, "k_factor": 8}``.
         """
-        k = _check_k(k)
+        k, view = _check_k(k), self.view()
         queries, single = as_queries(query)
-        filt, knobs, chain = self._parse(filter, params), self._knobs(params), self._chain(rerank)
+        filt, knobs, chain = self._parse(view, filter), self._knobs(view, params), self._chain(rerank)
         if not queries:
             return []
         queries = with_instruction(queries, task, instruction)
         xq = self.encoder.encode(queries, show_progress=False)
-        fetch = max([k] + [stage.candidates(k) for stage in chain])
-        D, I = self._search(xq, fetch, filt, knobs)
-        ctx = RerankContext(self, xq, queries, k)
+        D, I = self._search(view, xq, max([k] + [stage.candidates(k) for stage in chain]), filt, knobs)
+        ctx = RerankContext(self, view, xq, queries, k)
         history = [("ann", D, I)]
         for stage in chain:
             depth = stage.candidates(k)
             D, I = stage.rerank(ctx, D[:, :depth], I[:, :depth])
             history.append((stage.name, D, I))
-        hits = self._hits(D[:, :k], I[:, :k], history)
+        hits = self._hits(view, D[:, :k], I[:, :k], history)
         return hits[0] if single else hits
 
     def search_vectors(self, xq: np.ndarray, k: int, filter: Optional[Mapping[str, Any]] = None,
                        params: Union[None, SearchParams, Mapping[str, Any]] = None) -> Tuple[np.ndarray, np.ndarray]:
         """faiss convention: float32 (n, d) in; D, I of shape (n, k) out, best first,
         I = global row ids, -1 (and the worst distance) where fewer than k rows qualify."""
-        k = _check_k(k)
-        return self._search(self._check_xq(xq), k, self._parse(filter, params), self._knobs(params))
+        k, view = _check_k(k), self.view()
+        xq = _check_xq(xq, view.manifest.model.dim)
+        return self._search(view, xq, k, self._parse(view, filter), self._knobs(view, params))
 
-    def _parse(self, filter, params) -> Optional[Filter]:
+    @staticmethod
+    def _parse(view: IndexView, filter) -> Optional[Filter]:
         filt = parse_filter(filter)
-        if filt is not None:
-            unknown = [c for c in filt.columns if c not in self._columns]
-            if unknown:
-                raise InputError(f"filter columns {unknown} are not in this index; columns: {self._columns}")
+        view.check_columns(filt)
         return filt
 
-    def _knobs(self, params) -> SearchParams:
-        return SearchParams.coerce(params).over(self._defaults)
+    @staticmethod
+    def _knobs(view: IndexView, params) -> SearchParams:
+        return view.defaults if params is None else SearchParams.coerce(params).over(view.defaults)
 
-    def _check_xq(self, xq: Any) -> np.ndarray:
-        x = np.asarray(xq)
-        if x.ndim != 2 or x.shape[1] != self.dim or not np.issubdtype(x.dtype, np.number):
-            hint = " (one query? pass xq[None, :])" if x.ndim == 1 else ""
-            raise InputError(f"xq must be a numeric array of shape (n, {self.dim}), got {x.dtype} "
-                             f"{x.shape}{hint}")
-        return np.ascontiguousarray(x, dtype=np.float32)
-
-    def _search(self, xq: np.ndarray, k: int, filt: Optional[Filter], knobs: SearchParams):
-        n, rows = len(xq), len(self)
-        width = max(1, min(k, rows))
-        if not self.shards or n == 0:
-            return pad_result(np.empty((n, 0), np.float32), np.empty((n, 0), np.int64), k, self.keep_max)
-        masks = self._masks(filt)
+    def _search(self, view: IndexView, xq: np.ndarray, k: int, filt: Optional[Filter], knobs: SearchParams):
+        n, keep_max = len(xq), view.manifest.metric == "inner_product"
+        width = max(1, min(k, view.rows))
+        if not view.shards or n == 0:
+            return pad_result(np.empty((n, 0), np.float32), np.empty((n, 0), np.int64), k, keep_max)
+        masks = view.masks(filt)
 
         def one(i: int):
-            return search_shard(self.shards[i], xq, width, knobs, masks[i], self.policy)
+            start = time.thread_time()  # CPU time: waiting for the GIL or a core is not cost
+            result = search_shard(view.shards[i], xq, width, knobs, masks[i], self.policy)
+            self._cost.observe(time.thread_time() - start, n)
+            return result
 
-        parts = map_shards(self._pool(), one, range(len(self.shards)))
-        D, I = merge_results(parts, width, self.keep_max)
-        return pad_result(D, I, k, self.keep_max) if width < k else (D, I)
+        threads = self._cost.use_threads(n, len(view.shards))
+        parts = map_shards(self._pool(len(view.shards)) if threads else None, one, range(len(view.shards)))
+        D, I = merge_results(parts, width, keep_max)
+        return pad_result(D, I, k, keep_max) if width < k else (D, I)
 
-    def _pool(self) -> Optional[ThreadPoolExecutor]:
-        if len(self.shards) < 2:
+    def _pool(self, shards: int) -> Optional[ThreadPoolExecutor]:
+        cpus = os.cpu_count() or 1
+        if shards < 2 or cpus < 2:
             return None
         if self._executor is None:
             with self._lock:
                 if self._executor is None:
-                    workers = min(len(self.shards), os.cpu_count() or 1)
-                    self._executor = ThreadPoolExecutor(workers, thread_name_prefix="mmsearch-shard")
+                    self._executor = ThreadPoolExecutor(cpus, thread_name_prefix="mmsearch-shard")
         return self._executor
-
-    def _masks(self, filt: Optional[Filter]) -> List[Optional[RowMask]]:
-        """Allowed rows of each shard (None: all): the filter's matches minus tombstones."""
-        version, deleted = self._store.tombstones()
-        if filt is None and not any(len(d) for d in deleted):
-            return [None] * len(self.shards)
-        key = (filt.key if filt else None, version)
-        with self._lock:
-            if key in self._masks_cache:
-                self._masks_cache.move_to_end(key)
-                return self._masks_cache[key]
-        masks = []
-        for shard, dead in zip(self.shards, deleted):
-            mask = filt.mask(shard.meta) if filt else np.ones(shard.rows, dtype=bool)
-            mask[dead] = False
-            masks.append(None if mask.all() else RowMask(mask))
-        with self._lock:
-            self._masks_cache[key] = masks
-            while len(self._masks_cache) > _MASK_CACHE_SIZE:
-                self._masks_cache.popitem(last=False)
-        return masks
 
     def _chain(self, rerank: Any) -> list:
         return parse_rerank(rerank, self._named_reranker)
@@ -241,65 +234,34 @@ class Index:
 
     # --- rows: metadata, vectors, images ---------------------------------------------------
 
-    def _by_shard(self, rows: np.ndarray):
-        """Yield (shard, positions in `rows`, local rows) for each shard the rows touch."""
-        rows = np.asarray(rows, dtype=np.int64)
-        which = np.searchsorted(self._starts, rows, side="right") - 1
-        bad = (which < 0) | (rows >= self._ends[np.maximum(which, 0)]) if len(self.shards) else rows == rows
-        if bad.any():
-            raise InputError(f"rows {rows[bad][:5].tolist()} are not in this index; its shards hold rows "
-                             f"{[(s.id_start, s.info.id_end) for s in self.shards][:5]}...")
-        for i in np.unique(which):
-            where = np.flatnonzero(which == i)
-            yield self.shards[i], where, rows[where] - self.shards[i].id_start
-
     def records(self, rows: Sequence[int]) -> List[Dict[str, Any]]:
         """The meta.arrow row of each global row: {"id", "modality", "text", "image", ...}."""
-        out: List[Optional[dict]] = [None] * len(rows)
-        for shard, where, local in self._by_shard(rows):
-            for pos, record in zip(where, shard.meta.take(pa.array(local)).to_pylist()):
-                out[pos] = record
-        return out
+        return self.view().records(rows)
 
     def vectors(self, rows: Sequence[int], exact: bool = True) -> np.ndarray:
-        """float32 (len(rows), dim): stored vectors of global rows (see Shard.vectors)."""
-        out = np.empty((len(rows), self.dim), dtype=np.float32)
-        for shard, where, local in self._by_shard(rows):
-            out[where] = shard.vectors(local, exact=exact)
-        return out
+        """float32 (len(rows), dim): the stored vectors of global rows (see `Shard.vectors`)."""
+        return self.view().vectors(rows, exact=exact)
 
-    def get(self, ids: Sequence[str]) -> List[Optional[Dict[str, Any]]]:
+    def get(self, ids: Union[str, Sequence[str]]) -> List[Optional[Dict[str, Any]]]:
         """The records of item ids (None for ids unknown or deleted)."""
         ids = [ids] if isinstance(ids, str) else list(ids)
-        rows = self._rows_of(ids)
-        _, deleted = self._store.tombstones()
-        dead = set(int(r) + s.id_start for s, d in zip(self.shards, deleted) for r in d)
-        live = [i for i, r in enumerate(rows) if r >= 0 and int(r) not in dead]
+        view = self.view()
+        rows = view.live_rows_of(ids)
         out: List[Optional[dict]] = [None] * len(ids)
-        for i, record in zip(live, self.records(rows[live])):
+        live = np.flatnonzero(rows >= 0)
+        for i, record in zip(live, view.records(rows[live])):
             out[i] = record
         return out
 
-    def _rows_of(self, ids: List[str]) -> np.ndarray:
-        if self._store.exists:
-            return self._store.read(lambda store: store.rows_for(ids))
-        rows = np.full(len(ids), -1, dtype=np.int64)
-        wanted = pa.array(ids, type=pa.string())
-        for shard in self.shards:
-            pos = pc.index_in(wanted, value_set=shard.meta.column("id").combine_chunks()).to_numpy(
-                zero_copy_only=False)
-            found = ~np.isnan(pos.astype(float))
-            rows[found] = pos[found].astype(np.int64) + shard.id_start
-        return rows
-
-    def candidate_image(self, record: Mapping[str, Any]):
+    def candidate_image(self, record: Mapping[str, Any], view: Optional[IndexView] = None):
         """The candidate's image (PIL) from its `image` reference, else its stored
         thumbnail, else None. Relative references resolve against the index folder,
         then ``manifest.extra["image_root"]``, then the working directory."""
         ref = record.get("image")
         if not ref:
             return None
-        roots = [self.path, self.manifest.extra.get("image_root"), "."]
+        view = view or self.view()
+        roots = [self.path, view.manifest.extra.get("image_root"), "."]
         paths = [Path(ref)] if Path(ref).is_absolute() else [Path(r) / ref for r in roots if r]
         for path in paths:
             if path.is_file():
@@ -307,11 +269,12 @@ class Index:
                     return load_image(path)
                 except ImageError:
                     break
-        thumb = self._store.read(lambda s: s.get_thumbnail(record["id"])) if self._store.exists else None
+        thumb = view.store.read(lambda s: s.get_thumbnail(record["id"])) if view.store.exists else None
         return load_image(thumb) if thumb else None
 
     def query_bank(self) -> np.ndarray:
-        """``INDEX/query_bank.npy``: float32 (n, dim) query embeddings for hubness reranking."""
+        """``INDEX/query_bank.npy``: float32 (n, dim) embeddings of typical queries (same
+        model, same query instruction as the searches), for the hubness reranker."""
         if self._bank is None:
             path = self.path / QUERY_BANK_FILE
             if not path.is_file():
@@ -332,13 +295,13 @@ class Index:
 
     # --- hits ------------------------------------------------------------------------------
 
-    def _hits(self, D: np.ndarray, I: np.ndarray, history) -> List[List[Hit]]:
+    @staticmethod
+    def _hits(view: IndexView, D: np.ndarray, I: np.ndarray, history) -> List[List[Hit]]:
         valid = I >= 0
-        records = iter(self.records(I[valid]))
+        records = iter(view.records(I[valid]))
         stage_scores = [(name, [dict(zip(i.tolist(), d.tolist())) for d, i in zip(sd, si)])
                         for name, sd, si in history]
-        names = [s.name for s in self.shards]
-        which = np.searchsorted(self._starts, np.maximum(I, 0), side="right") - 1
+        which = view.shard_of(np.maximum(I, 0))
         out = []
         for q in range(len(I)):
             hits = []
@@ -346,7 +309,7 @@ class Index:
                 row, record = int(I[q, j]), dict(next(records))
                 scores = {name: per_query[q][row] for name, per_query in stage_scores if row in per_query[q]}
                 hits.append(Hit(id=record.pop("id"), score=float(D[q, j]), rank=len(hits) + 1, metadata=record,
-                                row=row, shard=names[which[q, j]], scores=scores))
+                                row=row, shard=view.shards[which[q, j]].name, scores=scores))
             out.append(hits)
         return out
 
@@ -362,6 +325,14 @@ class Index:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _check_xq(xq: Any, dim: int) -> np.ndarray:
+    x = np.asarray(xq)
+    if x.ndim != 2 or x.shape[1] != dim or not np.issubdtype(x.dtype, np.number):
+        hint = " (one query? pass xq[None, :])" if x.ndim == 1 else ""
+        raise InputError(f"xq must be a numeric array of shape (n, {dim}), got {x.dtype} {x.shape}{hint}")
+    return np.ascontiguousarray(x, dtype=np.float32)
 
 
 def _check_k(k: Any) -> int:

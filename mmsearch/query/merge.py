@@ -47,6 +47,26 @@ def merge_results(parts: Sequence[Result], k: int, keep_max: bool) -> Result:
     return faiss.merge_knn_results(Dall, Iall, keep_max=keep_max)
 
 
+class CostModel:
+    """A running estimate (EWMA) of the seconds one shard search costs per query, to
+    choose between the thread pool and a plain loop: handing a shard to a pool
+    thread costs tens of microseconds, more than a whole HNSW or IVF search of one
+    query. Updated without a lock: a lost update only delays the estimate."""
+
+    def __init__(self, threshold: float = 3e-4, alpha: float = 0.2):
+        self.threshold, self.alpha = threshold, alpha
+        self.per_query: Optional[float] = None  # unknown: use threads and measure
+
+    def observe(self, seconds: float, n: int) -> None:
+        value = seconds / max(n, 1)
+        old = self.per_query
+        self.per_query = value if old is None else old + self.alpha * (value - old)
+
+    def use_threads(self, n: int, shards: int) -> bool:
+        """Whether the sequential work (n queries on every shard) exceeds the threshold."""
+        return self.per_query is None or self.per_query * n * shards > self.threshold
+
+
 def map_shards(executor: Optional[Executor], fn: Callable[[S], T], shards: Sequence[S]) -> List[T]:
     """[fn(s) for s in shards], the shards in parallel when an executor is given.
     The calling thread searches the first shard itself (one hand-off fewer)."""

@@ -33,6 +33,7 @@ from .merge import worst_score
 
 if TYPE_CHECKING:  # pragma: no cover
     from .index import Index
+    from .view import IndexView
 
 Result = Tuple[np.ndarray, np.ndarray]
 _LOGZ_BLOCK = 4096  # candidates per block of the bank-similarity matrix
@@ -43,6 +44,7 @@ class RerankContext:
     """What a reranker may look at besides the candidates."""
 
     index: "Index"
+    view: "IndexView"                    # the snapshot the candidates' row ids refer to
     xq: np.ndarray                       # (n, d) query embeddings
     queries: Optional[Sequence[Query]]   # the queries themselves; None for search_vectors
     k: int
@@ -96,7 +98,7 @@ class Refine:
         return rerank_depth(k, self.factor, self.depth)
 
     def rerank(self, ctx: RerankContext, D: np.ndarray, I: np.ndarray) -> Result:
-        vectors = ctx.index.vectors(I[I >= 0], exact=True)
+        vectors = ctx.view.vectors(I[I >= 0], exact=True)
         return sort_result(candidate_scores(ctx, I, vectors), I, ctx.index.keep_max)
 
 
@@ -139,9 +141,9 @@ class Hubness:
         index = ctx.index
         if not index.keep_max:
             raise InputError("the hubness reranker needs an inner-product index; this one uses l2")
-        bank, hubs = self._state(index)
+        bank, hubs = self._state(ctx)
         rows, inverse = np.unique(I[I >= 0], return_inverse=True)
-        vectors = index.vectors(rows, exact=True)
+        vectors = ctx.view.vectors(rows, exact=True)
         log_z = _bank_log_partition(bank, vectors, self.beta)
         sims = candidate_scores(ctx, I, vectors[inverse])
         normalised = np.full(I.shape, worst_score(True), dtype=np.float64)
@@ -151,17 +153,18 @@ class Hubness:
             normalised = np.where(apply[:, None], normalised, sims)
         return sort_result(normalised, I, keep_max=True)
 
-    def _state(self, index: "Index") -> Tuple[np.ndarray, np.ndarray]:
-        """(bank, activation set) for `index`, computed once per index."""
+    def _state(self, ctx: RerankContext) -> Tuple[np.ndarray, np.ndarray]:
+        """(bank, activation set) for the index version of `ctx`, computed once."""
+        index = ctx.index
         with self._lock:
-            state = self._cache.get(index)
+            state = self._cache.get(ctx.view)
             if state is None:
                 bank = index.query_bank() if self.bank is None else index.check_bank(self.bank)
                 hubs = np.empty(0, dtype=np.int64)
                 if self.method == "dis":
                     _, top = index.search_vectors(bank, self.activation_k)
                     hubs = np.unique(top[top >= 0])
-                state = self._cache[index] = (bank, hubs)
+                state = self._cache[ctx.view] = (bank, hubs)
         return state
 
 

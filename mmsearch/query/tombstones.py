@@ -32,7 +32,8 @@ class StoreView:
 
     def __init__(self, path: Path, starts: Sequence[int], ends: Sequence[int]):
         self.path = Path(path)
-        self.exists = (self.path / "data.mdb").is_file()
+        self._data_file = str(self.path / "data.mdb")
+        self.exists = os.path.isfile(self._data_file)
         self._starts, self._ends = np.asarray(starts, np.int64), np.asarray(ends, np.int64)
         self._lock = threading.Lock()
         self._stamp: Optional[Tuple[int, int, int]] = None
@@ -58,7 +59,7 @@ class StoreView:
 
     def _stat(self) -> Optional[Tuple[int, int, int]]:
         try:
-            st = os.stat(self.path / "data.mdb")
+            st = os.stat(self._data_file)
         except OSError:
             return None
         return (st.st_mtime_ns, st.st_size, st.st_ino)

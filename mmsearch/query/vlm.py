@@ -85,8 +85,8 @@ class VLMReranker:
             raise InputError("the vlm reranker needs the queries themselves (text/images): use Index.search, "
                              "not search_vectors")
         valid = I >= 0
-        records = ctx.index.records(I[valid])
-        candidates = [Candidate(r.get("text"), ctx.index.candidate_image(r)) for r in records]
+        records = ctx.view.records(I[valid])
+        candidates = [Candidate(r.get("text"), ctx.index.candidate_image(r, ctx.view)) for r in records]
         queries = [_loaded(q) for q in ctx.queries]
         pairs = [queries[i] for i in np.nonzero(valid)[0]]
         scores = np.zeros(I.shape, dtype=np.float32)

@@ -1,0 +1,145 @@
+"""`IndexView`: one consistent snapshot of an index directory, as one manifest lists it.
+
+The manifest is the single source of truth and is replaced atomically, so a view
+built from one manifest never mixes shards of two versions. `Index` swaps in a new
+view when manifest.json changes (new shards, a compaction that renumbered rows);
+shards listed unchanged are reused, not reopened.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from mmsearch.errors import InputError
+from mmsearch.index_format import MANIFEST_FILE, STORE_DIR, Manifest, ShardInfo, read_manifest
+
+from .filtered import RowMask
+from .filters import Filter
+from .params import SearchParams
+from .shard import Shard
+from .tombstones import StoreView
+
+_MASK_CACHE_SIZE = 32
+Stamp = Optional[Tuple[int, int, int]]
+
+
+def manifest_stamp(path: Path) -> Stamp:
+    try:
+        st = os.stat(path / MANIFEST_FILE)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def _key(info: ShardInfo) -> tuple:
+    """What makes a listed shard the same shard: its rows and its files' checksums."""
+    return (info.name, info.id_start, info.id_end, tuple(sorted((f, i.sha256) for f, i in info.files.items())))
+
+
+class IndexView:
+    """Shards, tombstones and metadata of one manifest version; thread-safe."""
+
+    def __init__(self, path: Path, previous: Optional["IndexView"] = None):
+        self.path = path
+        self.stamp = manifest_stamp(path)  # taken first: a change while reading shows up next time
+        self.manifest: Manifest = read_manifest(path)
+        reuse = {_key(s.info): s for s in previous.shards} if previous is not None else {}
+        self.shards = [reuse.get(_key(info)) or Shard(path, info, self.manifest.model.dim, self.manifest.metric)
+                       for info in self.manifest.shards]
+        self.starts = np.array([s.id_start for s in self.shards], dtype=np.int64)
+        self.ends = np.array([s.info.id_end for s in self.shards], dtype=np.int64)
+        self.columns = list(dict.fromkeys(c for s in self.shards for c in s.meta.column_names))
+        self.defaults = SearchParams.coerce(self.manifest.faiss.search_params, strict=False)
+        self.store = StoreView(path / STORE_DIR, self.starts, self.ends)
+        self._lock = threading.Lock()
+        self._masks: "OrderedDict[tuple, List[Optional[RowMask]]]" = OrderedDict()
+
+    def is_current(self) -> bool:
+        return manifest_stamp(self.path) == self.stamp
+
+    @property
+    def rows(self) -> int:
+        return self.manifest.total_rows
+
+    def check_columns(self, filt: Optional[Filter]) -> None:
+        unknown = [c for c in filt.columns if c not in self.columns] if filt is not None else []
+        if unknown:
+            raise InputError(f"filter columns {unknown} are not in this index; columns: {self.columns}")
+
+    def masks(self, filt: Optional[Filter]) -> List[Optional[RowMask]]:
+        """Allowed rows of each shard (None: all): the filter's matches minus tombstones."""
+        version, deleted = self.store.tombstones()
+        if filt is None and not any(len(d) for d in deleted):
+            return [None] * len(self.shards)
+        key = (filt.key if filt else None, version)
+        with self._lock:
+            if key in self._masks:
+                self._masks.move_to_end(key)
+                return self._masks[key]
+        masks = []
+        for shard, dead in zip(self.shards, deleted):
+            mask = filt.mask(shard.meta) if filt else np.ones(shard.rows, dtype=bool)
+            mask[dead] = False
+            masks.append(None if mask.all() else RowMask(mask))
+        with self._lock:
+            self._masks[key] = masks
+            while len(self._masks) > _MASK_CACHE_SIZE:
+                self._masks.popitem(last=False)
+        return masks
+
+    # --- rows --------------------------------------------------------------------------
+
+    def shard_of(self, rows: np.ndarray) -> np.ndarray:
+        """Index into `shards` of each (valid) global row."""
+        return np.searchsorted(self.starts, rows, side="right") - 1
+
+    def by_shard(self, rows: Sequence[int]) -> Iterator[Tuple[Shard, np.ndarray, np.ndarray]]:
+        """(shard, positions in `rows`, local rows) for each shard the rows touch."""
+        rows = np.asarray(rows, dtype=np.int64)
+        which = self.shard_of(rows)
+        bad = (which < 0) | (rows >= self.ends[np.maximum(which, 0)]) if self.shards else rows == rows
+        if bad.any():
+            raise InputError(f"rows {rows[bad][:5].tolist()} are not in this index; its shards hold rows "
+                             f"{[(s.id_start, s.info.id_end) for s in self.shards][:5]}...")
+        for i in np.unique(which):
+            where = np.flatnonzero(which == i)
+            yield self.shards[i], where, rows[where] - self.shards[i].id_start
+
+    def records(self, rows: Sequence[int]) -> List[Dict[str, Any]]:
+        out: List[Optional[dict]] = [None] * len(rows)
+        for shard, where, local in self.by_shard(rows):
+            for pos, record in zip(where, shard.meta.take(pa.array(local)).to_pylist()):
+                out[pos] = record
+        return out
+
+    def vectors(self, rows: Sequence[int], exact: bool = True) -> np.ndarray:
+        out = np.empty((len(rows), self.manifest.model.dim), dtype=np.float32)
+        for shard, where, local in self.by_shard(rows):
+            out[where] = shard.vectors(local, exact=exact)
+        return out
+
+    def live_rows_of(self, ids: List[str]) -> np.ndarray:
+        """Global rows of item ids; -1 for ids unknown or deleted."""
+        if self.store.exists:
+            rows = self.store.read(lambda store: store.rows_for(ids))
+        else:
+            rows = self._scan_ids(ids)
+        _, deleted = self.store.tombstones()
+        dead = np.concatenate([d + s.id_start for s, d in zip(self.shards, deleted)] + [np.empty(0, np.int64)])
+        return np.where(np.isin(rows, dead) | (rows >= self.manifest.next_row), -1, rows)
+
+    def _scan_ids(self, ids: List[str]) -> np.ndarray:
+        rows = np.full(len(ids), -1, dtype=np.int64)
+        wanted = pa.array(ids, type=pa.string())
+        for shard in self.shards:
+            pos = pc.index_in(wanted, value_set=shard.meta.column("id").combine_chunks())
+            found = pos.is_valid().to_numpy(zero_copy_only=False)
+            rows[found] = pos.filter(pos.is_valid()).to_numpy().astype(np.int64) + shard.id_start
+        return rows
