@@ -11,13 +11,15 @@ from __future__ import annotations
 import queue
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Iterable, List, Optional
+from typing import List, Optional
 
 import numpy as np
 
 from ..encoders.base import Encoder
-from ..store import Store, cache_key
+from ..store import Store
+from .encoding import encode_chunk
 from .prepare import Prepared, Rejection, prepare
+from .routing import REJECT, SKIP, Router
 from .settings import BuildSettings
 from .sources import iter_sources
 from .stats import RunStats
@@ -50,12 +52,11 @@ class Pipeline:
         self.errors = errors          # a file object: one JSON line per rejection
         self.progress = progress
         self.failure: Optional[BaseException] = None
-        self.model_key = f"{encoder.backbone}:{encoder.fingerprint}"
+        self.router = Router(settings.existing, exists)
         self._stop = threading.Event()
 
     # --- stage 1: read (one thread; sources such as PDFs are not thread-safe) -------------
     def _read(self, pool: ThreadPoolExecutor, out: "queue.Queue") -> None:
-        seen = set()
         try:
             records = iter(iter_sources(self.sources, kind=self.s.source_kind, **dict(self.s.source_options)))
             while not self._stop.is_set():
@@ -64,25 +65,19 @@ class Pipeline:
                 if rec is None:
                     break
                 self.stats.add(read=1)
-                out.put(self._route(rec, seen, pool))
+                out.put(self._route(rec, pool))
         except BaseException as e:  # surfaced by the encoder loop
             self.failure = e
         finally:
             out.put(_END)
 
-    def _route(self, rec, seen: set, pool: ThreadPoolExecutor) -> Future:
-        if rec.item is None:
-            return _done(Rejection(rec.id, rec.where, rec.error or "unreadable entry"))
-        item_id = rec.item.id
-        if item_id in seen:
-            return _done(Rejection(item_id, rec.where, "duplicate id: already read earlier in this run"))
-        seen.add(item_id)
-        if self.exists(item_id):
-            if self.s.existing == "skip":
-                return _done(_SKIP)
-            if self.s.existing == "reject":
-                return _done(Rejection(item_id, rec.where, "id already in the index (use --on-duplicate update "
-                                                           "to replace it)"))
+    def _route(self, rec, pool: ThreadPoolExecutor) -> Future:
+        route = self.router.route(rec)
+        if route.action == REJECT:
+            return _done(route.rejection)
+        if route.action == SKIP:
+            return _done(_SKIP)
+        if route.updated:
             self.stats.add(updated=1)
         return pool.submit(self._prepare, rec)
 
@@ -93,50 +88,19 @@ class Pipeline:
 
     # --- stage 3: encode (this thread), with the embedding cache --------------------------
     def _encode(self, chunk: List[Prepared]) -> None:
-        keys = [cache_key(self.model_key, p.request.instruction or "", p.content_hash) for p in chunk]
-        cached = self.store.cache_get_many(keys)
-        todo = [i for i, k in enumerate(keys) if k not in cached]
-        vectors = np.empty((len(chunk), self.encoder.dim), dtype=np.float32)
-        for i, k in enumerate(keys):
-            if k in cached:
-                vectors[i] = cached[k]
-        ok = np.ones(len(chunk), dtype=bool)
-        failed: dict = {}
-        if todo:
-            with self.stats.timed("encode"):
-                fresh, failed = self._encode_requests([chunk[i] for i in todo])
-            for j, i in enumerate(todo):
-                if j in failed:
-                    ok[i] = False
-                    self._reject(Rejection(chunk[i].item.id, chunk[i].where, failed[j]))
-                else:
-                    vectors[i] = fresh[j]
-            self.store.cache_put_many({keys[i]: vectors[i] for j, i in enumerate(todo) if j not in failed})
-        self.stats.add(cache_hits=len(chunk) - len(todo), encoded=len(todo) - len(failed))
+        enc = encode_chunk(self.encoder, chunk, self.store.cache_get_many, self.s.batch_size,
+                           first=self.stats.encoded == 0)
+        self.stats.add_busy("encode", enc.seconds, calls=1 if enc.encoded or enc.failed else 0)
+        for i, reason in sorted(enc.failed.items()):
+            self._reject(Rejection(chunk[i].item.id, chunk[i].where, reason))
+        if enc.fresh:
+            self.store.cache_put_many(enc.fresh)
+        self.stats.add(cache_hits=enc.cache_hits, encoded=enc.encoded)
+        ok = enc.ok
         thumbs = {p.item.id: p.thumbnail for p, good in zip(chunk, ok) if good and p.thumbnail}
         if thumbs:
             self.store.put_thumbnails(thumbs)
-        kept = [p for p, good in zip(chunk, ok) if good]
-        self._write(kept, vectors[ok])
-
-    def _encode_requests(self, items: List[Prepared]):
-        """Vectors for `items`; on a model error, retry one by one and report which failed.
-        If nothing could ever be encoded the model itself is broken: raise."""
-        try:
-            return self.encoder.encode_requests([p.request for p in items], batch_size=self.s.batch_size,
-                                                show_progress=False), {}
-        except Exception as batch_error:
-            first_error = batch_error
-        vectors = np.zeros((len(items), self.encoder.dim), dtype=np.float32)
-        failed = {}
-        for j, p in enumerate(items):
-            try:
-                vectors[j] = self.encoder.encode_requests([p.request], show_progress=False)[0]
-            except Exception as e:  # e.g. an aspect ratio the processor refuses
-                failed[j] = f"the model could not encode it: {type(e).__name__}: {e}"
-        if len(failed) == len(items) and self.stats.encoded == 0:
-            raise first_error
-        return vectors, failed
+        self._write([p for p, good in zip(chunk, ok) if good], enc.vectors[ok])
 
     # --- stage 4: write (one thread) --------------------------------------------------------
     def _write(self, items: List[Prepared], vectors: np.ndarray) -> None:

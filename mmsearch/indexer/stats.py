@@ -35,6 +35,12 @@ class RunStats:
                 self.busy[stage] += time.perf_counter() - t0
                 self.calls[stage] += 1
 
+    def add_busy(self, stage: str, seconds: float, calls: int = 1) -> None:
+        """Busy time measured elsewhere (a worker process of the Ray engine)."""
+        with self._lock:
+            self.busy[stage] += seconds
+            self.calls[stage] += calls
+
     def add(self, **counts: int) -> None:
         with self._lock:
             for k, v in counts.items():
@@ -47,7 +53,7 @@ class RunStats:
     def reconciled(self) -> bool:
         return self.read == self.indexed + self.rejected + self.skipped
 
-    def to_dict(self, workers: int, extra: Optional[dict] = None) -> dict:
+    def to_dict(self, workers: int, extra: Optional[dict] = None, encoders: int = 1) -> dict:
         counts = ("read", "indexed", "rejected", "skipped", "updated", "cache_hits", "encoded")
         d = {k: getattr(self, k) for k in counts}
         wall = max(self.wall, 1e-9)
@@ -55,9 +61,10 @@ class RunStats:
         d["calls"] = dict(self.calls)
         d["wall_seconds"] = round(self.wall, 4)
         d["items_per_second"] = round(self.indexed / wall, 2)
-        # decode runs on `workers` threads at once; its share is per worker
-        d["utilisation"] = {s: round(self.busy[s] / wall / (workers if s == "decode" else 1), 4) for s in STAGES}
-        d["pipeline_efficiency"] = round(self.busy["encode"] / wall, 4)  # model busy / wall
+        # decode runs on `workers` at once, the model on `encoders`: their shares are per worker
+        per = {"decode": workers, "encode": encoders}
+        d["utilisation"] = {s: round(self.busy[s] / wall / per.get(s, 1), 4) for s in STAGES}
+        d["pipeline_efficiency"] = d["utilisation"]["encode"]  # model busy / wall
         d["reconciled"] = self.reconciled
         d.update(extra or {})
         return d

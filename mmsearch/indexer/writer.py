@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional
+from typing import Any, Callable, List, Mapping, Optional
 
 import numpy as np
 
 from ..errors import InputError
-from ..index_format import (FaissSpec, Manifest, ModelInfo, build_meta_table, new_shard_index, open_shard_meta,
-                            read_manifest, shard_name, write_manifest, write_shard, write_trained_template)
+from ..index_format import (FaissSpec, Manifest, ModelInfo, ShardInfo, build_meta_table, new_shard_index,
+                            open_shard_meta, read_manifest, shard_name, write_manifest, write_shard,
+                            write_trained_template)
 from ..store import Store
 from . import planner
 from .prepare import Prepared
@@ -49,12 +50,48 @@ def _arrow_safe(values: list) -> list:
     return [v if v is None or isinstance(v, str) else json.dumps(v) for v in values]
 
 
+def meta_table_of(ids: List[str], modalities: List[str], texts: List[Optional[str]],
+                  images: List[Optional[str]], metadata: List[Mapping[str, Any]]):
+    """The meta.arrow table of a shard's rows, in the shard layout."""
+    keys = list(dict.fromkeys(k for m in metadata for k in m))
+    columns = {k: _arrow_safe([m.get(k) for m in metadata]) for k in keys}
+    rows = [{k: columns[k][i] for k in keys} for i in range(len(ids))]
+    return build_meta_table(ids, modalities, texts, images, rows)
+
+
 def meta_table(items: List[Prepared]):
-    keys = list(dict.fromkeys(k for p in items for k in p.metadata))
-    columns = {k: _arrow_safe([p.metadata.get(k) for p in items]) for k in keys}
-    metadata = [{k: columns[k][i] for k in keys} for i in range(len(items))]
-    return build_meta_table([p.item.id for p in items], [p.modality for p in items],
-                            [p.item.text for p in items], [p.image_ref for p in items], metadata)
+    return meta_table_of([p.item.id for p in items], [p.modality for p in items], [p.item.text for p in items],
+                         [p.image_ref for p in items], [p.metadata for p in items])
+
+
+def write_rows(index_dir, manifest: Manifest, number: int, first_row: int, meta, vectors: np.ndarray,
+               store_vectors: bool) -> ShardInfo:
+    """Write shard `number` holding global rows [first_row, first_row + len(vectors)).
+    Not visible until a manifest lists it (`ShardWriter.commit`)."""
+    ids = np.arange(first_row, first_row + len(vectors), dtype=np.int64)
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    index = new_shard_index(index_dir, manifest)
+    index.add_with_ids(vectors, ids)
+    return write_shard(index_dir, shard_name(number), index, ids, meta, vectors if store_vectors else None)
+
+
+def start_manifest(index_dir, model: ModelInfo, instructions: dict, plan: planner.Plan,
+                   sample: Optional[np.ndarray], recall_target: float, extra: dict):
+    """Train once (when the spec needs it) on `sample`, then create and commit the
+    manifest; returns (manifest, tuning)."""
+    spec, tuning = FaissSpec(plan.factory), {}
+    if plan.needs_training:
+        if sample is None or len(sample) < plan.nlist:
+            raise InputError(f"index {plan.factory!r} needs at least {plan.nlist} vectors to train, "
+                             f"the corpus gave {0 if sample is None else len(sample)}; pass --index Flat or a "
+                             f"smaller IVF")
+        template = planner.train(plan, model.dim, sample)
+        tuning = planner.tune(template, plan.factory, sample, recall_target)
+        params = {k: v for k, v in tuning.items() if k in ("nprobe", "k_factor")}
+        spec = write_trained_template(index_dir, template, plan.factory, params)
+    manifest = Manifest.create(model, spec, instructions, extra=extra)
+    write_manifest(index_dir, manifest)
+    return manifest, tuning
 
 
 class ShardWriter:
@@ -99,38 +136,34 @@ class ShardWriter:
         return self.manifest
 
     def _start(self) -> None:
-        """Train once (when the spec needs it) on the rows seen so far, then create the manifest."""
-        spec = FaissSpec(self.plan.factory)
-        if self.plan.needs_training:
-            sample = np.concatenate(self.pending.vectors)[: self.train_size] if len(self.pending) else None
-            if sample is None or len(sample) < self.plan.nlist:
-                raise InputError(f"index {self.plan.factory!r} needs at least {self.plan.nlist} vectors to train, "
-                                 f"the corpus gave {0 if sample is None else len(sample)}; pass --index Flat or a "
-                                 f"smaller IVF")
-            template = planner.train(self.plan, self.model.dim, sample)
-            self.tuning = planner.tune(template, self.plan.factory, sample, self.recall_target)
-            params = {k: v for k, v in self.tuning.items() if k in ("nprobe", "k_factor")}
-            spec = write_trained_template(self.index_dir, template, self.plan.factory, params)
-        self.manifest = Manifest.create(self.model, spec, self.instructions, extra=self.extra)
-        write_manifest(self.index_dir, self.manifest)
+        sample = np.concatenate(self.pending.vectors)[: self.train_size] if len(self.pending) else None
+        self.start(sample)
+
+    def start(self, sample: Optional[np.ndarray]) -> None:
+        """Create the manifest, training the index on `sample` first when the spec needs it."""
+        self.manifest, self.tuning = start_manifest(self.index_dir, self.model, self.instructions, self.plan,
+                                                    sample, self.recall_target, self.extra)
 
     def _commit(self, items: List[Prepared], vectors: np.ndarray) -> None:
-        start = self.manifest.next_row
-        ids = np.arange(start, start + len(items), dtype=np.int64)
-        index = new_shard_index(self.index_dir, self.manifest)
-        index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
-        name = shard_name(_next_shard_number(self.manifest))
-        info = write_shard(self.index_dir, name, index, ids, meta_table(items),
-                           vectors if self.store_vectors else None)
-        self.manifest = self.manifest.with_shard(info)
+        info = write_rows(self.index_dir, self.manifest, next_shard_number(self.manifest), self.manifest.next_row,
+                          meta_table(items), vectors, self.store_vectors)
+        self.commit([info], [p.item.id for p in items])
+
+    def commit(self, infos: List[ShardInfo], item_ids: List[str]) -> None:
+        """List written shards in the manifest (one atomic replace), then point their ids
+        at their rows in the store. `item_ids` are the shards' ids, in row order."""
+        for info in infos:
+            self.manifest = self.manifest.with_shard(info)
         write_manifest(self.index_dir, self.manifest)
-        sync_store(self.store, [p.item.id for p in items], ids, self.manifest.next_row)
-        self.rows_written += len(items)
+        rows = np.concatenate([np.arange(i.id_start, i.id_end, dtype=np.int64) for i in infos])
+        sync_store(self.store, item_ids, rows, self.manifest.next_row)
+        self.rows_written += len(item_ids)
         if self.on_commit:
-            self.on_commit(info)
+            for info in infos:
+                self.on_commit(info)
 
 
-def _next_shard_number(manifest: Manifest) -> int:
+def next_shard_number(manifest: Manifest) -> int:
     return max((int(s.name) for s in manifest.shards), default=-1) + 1
 
 

@@ -8,6 +8,7 @@ per page (ids ``"a/doc.pdf#p3"``).
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from dataclasses import dataclass
@@ -81,7 +82,14 @@ class FolderSource:
         return f"image folder {display(self.path)} (recursive, .txt/.json sidecars{extra})"
 
     def __iter__(self) -> Iterator[Record]:
-        for rel, siblings, error in walk(self.path):
+        return self.records()
+
+    def records(self, span: Optional[tuple] = None) -> Iterator[Record]:
+        """The records of walk entries [start, stop) when `span` = (start, stop), or of all."""
+        entries = walk(self.path)
+        if span is not None:
+            entries = itertools.islice(entries, span[0], span[1])
+        for rel, siblings, error in entries:
             full = os.path.join(self.path, rel)
             if error is not None:
                 yield reject(display(full), error)

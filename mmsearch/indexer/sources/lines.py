@@ -33,20 +33,39 @@ def parse_json_object(raw: bytes, number: int) -> Tuple[Optional[dict], Optional
     return value, None
 
 
-def json_objects(path: str) -> Iterator[Tuple[int, Optional[dict], Optional[str]]]:
+def json_objects(path: str, span: Optional[Tuple[int, Optional[int], int]] = None
+                 ) -> Iterator[Tuple[int, Optional[dict], Optional[str]]]:
     """(line number, object, None) or (line number, None, reason) for each non-blank line.
 
     Line numbers are 1-based; line 0 stands for the whole file (it could not be read).
+    `span` = (start byte, stop byte or None, number of the line at start) reads only
+    the lines that start in [start, stop); start must be the beginning of a line.
     """
-    number = 0
+    start, stop, first = span or (0, None, 1)
+    number, pos = first - 1, start
     try:
         with open(path, "rb") as fh:
-            for number, raw in enumerate(fh, 1):
+            fh.seek(start)
+            for raw in fh:
+                if stop is not None and pos >= stop:
+                    break
+                pos += len(raw)
+                number += 1
                 if raw.strip():
                     yield (number, *parse_json_object(raw, number))
     except OSError as exc:
         after = f" after line {number}" if number else ""
         yield 0, None, f"cannot read{after}: {exc}"
+
+
+def line_starts(path: str, every: int) -> Iterator[Tuple[int, int]]:
+    """(byte offset, 1-based line number) of line 1 and of every `every`-th line after it."""
+    pos = 0
+    with open(path, "rb") as fh:
+        for number, raw in enumerate(fh, 1):
+            if (number - 1) % every == 0:
+                yield pos, number
+            pos += len(raw)
 
 
 class DecodedLines:

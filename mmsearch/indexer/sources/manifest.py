@@ -126,8 +126,12 @@ class JsonlSource(_Manifest):
         return self._describe("JSON-lines manifest")
 
     def __iter__(self) -> Iterator[Record]:
+        return self.records()
+
+    def records(self, span: Optional[tuple] = None) -> Iterator[Record]:
+        """The records of the lines in `span` (see `lines.json_objects`), or of the whole file."""
         where0, name = display(self.path), os.path.basename(self.path)
-        for number, row, error in json_objects(self.path):
+        for number, row, error in json_objects(self.path, span):
             where = f"{where0}:{number}" if number else where0
             if error is not None:
                 yield reject(where, error)
@@ -206,6 +210,16 @@ class ParquetSource(_Manifest):
         return self._describe("Parquet manifest")
 
     def __iter__(self) -> Iterator[Record]:
+        return self.records()
+
+    def problem(self, table: Any) -> Optional[str]:
+        """Why an open `pyarrow.parquet.ParquetFile` cannot be read as this manifest, or None."""
+        schema = table.schema_arrow
+        return self._check_columns(schema.names) or self._check_types(schema)
+
+    def records(self, span: Optional[tuple] = None) -> Iterator[Record]:
+        """The records of row groups [first, stop) when `span` = (first, stop, rows before
+        them), or of the whole file."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -215,16 +229,16 @@ class ParquetSource(_Manifest):
         except (OSError, pa.ArrowException) as exc:
             yield reject(where0, f"cannot read Parquet file: {exc}")
             return
-        schema = table.schema_arrow
-        problem = self._check_columns(schema.names) or self._check_types(schema)
+        problem = self.problem(table)
         if problem:
             yield reject(where0, problem)
             return
-        keep = self.metadata_columns
+        keep, schema = self.metadata_columns, table.schema_arrow
         columns = None if keep is None else [c for c in schema.names if c in self._reserved or c in keep]
-        row = 0
+        groups = None if span is None else list(range(span[0], span[1]))
+        row = 0 if span is None else span[2]
         try:
-            for batch in table.iter_batches(batch_size=self.batch_size, columns=columns):
+            for batch in table.iter_batches(batch_size=self.batch_size, columns=columns, row_groups=groups):
                 for values in batch.to_pylist():
                     row += 1
                     yield self._record(values, f"{where0}:{row}", f"{name}:{row}")

@@ -57,8 +57,12 @@ class MBeirSource:
         return f"M-BEIR candidate pool {display(self.path)} (root {self.root})"
 
     def __iter__(self) -> Iterator[Record]:
+        return self.records()
+
+    def records(self, span: Optional[tuple] = None) -> Iterator[Record]:
+        """The records of the lines in `span` (see `lines.json_objects`), or of the whole pool."""
         where0 = display(self.path)
-        for number, entry, error in json_objects(self.path):
+        for number, entry, error in json_objects(self.path, span):
             where = f"{where0}:{number}" if number else where0
             if error is not None:
                 yield reject(where, error)
