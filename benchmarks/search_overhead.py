@@ -135,11 +135,11 @@ def main():
     ap.add_argument("--specs", nargs="+", default=list(SPECS), choices=list(SPECS))
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--singles", type=int, default=1000, help="single-query searches to time")
-    ap.add_argument("--quick", action="store_true", help="n=50000, repeat 3, 500 single queries")
+    ap.add_argument("--quick", action="store_true", help="n=50000 and 500 single queries")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "search_overhead.json"))
     args = ap.parse_args()
     if args.quick:
-        args.n, args.repeat, args.singles = 50_000, 3, 500
+        args.n, args.singles = 50_000, 500
     x, xq = clustered(args.n, args.dim, seed=0), clustered(1000, args.dim, seed=1)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -9,7 +9,7 @@ from mmsearch import index_format as fmt
 from mmsearch.errors import IndexFormatError, InputError
 from mmsearch.query import SearchParams, open_index
 from mmsearch.query.params import build_faiss_params
-from test_query_support import assert_same_knn, brute_force, build_index, clustered
+from test_query_support import TEST_MODEL, assert_same_knn, brute_force, build_index, clustered
 
 N, K = 997, 10  # odd sizes on purpose
 X = clustered(N, seed=3)
@@ -183,3 +183,28 @@ def test_query_package_imports_only_the_core():
                 assert node.module in allowed, f"{path.name} imports {node.module}"
             if isinstance(node, ast.Import):
                 assert not any(a.name.startswith("mmsearch") for a in node.names), path.name
+
+
+@pytest.mark.parametrize("spec", ["Flat", "HNSW16"])
+def test_shards_whose_faiss_ids_are_permuted(tmp_path, spec):
+    """write_shard accepts vectors added in any order; labels and selectors must follow."""
+    x, xq = clustered(180, seed=13), clustered(7, seed=14)
+    manifest = fmt.Manifest.create(TEST_MODEL, fmt.FaissSpec(spec))
+    for number, (a, b) in enumerate([(0, 71), (71, 180)]):
+        rows = np.arange(a, b, dtype=np.int64)
+        perm = np.random.default_rng(number).permutation(len(rows))
+        index = fmt.new_shard_index(tmp_path, manifest)
+        index.add_with_ids(x[rows[perm]], rows[perm])
+        meta = fmt.build_meta_table([f"item-{r}" for r in rows], ["text"] * len(rows), [None] * len(rows),
+                                    [None] * len(rows), [{"odd": bool(r % 2)} for r in rows])
+        manifest = manifest.with_shard(fmt.write_shard(tmp_path, fmt.shard_name(number), index, rows, meta, x[rows]))
+    fmt.write_manifest(tmp_path, manifest)
+    odd = np.arange(180) % 2 == 1
+    with open_index(tmp_path) as index:
+        assert_same_knn(*index.search_vectors(xq, 9, params=EXACT), *brute_force(x, xq, 9), x, xq)
+        assert_same_knn(*index.search_vectors(xq, 9, filter={"odd": True}, params=EXACT),
+                        *brute_force(x, xq, 9, odd), x, xq)
+        few = np.isin(np.arange(180), [3, 150, 151])  # selective: an IDSelector in permuted label space
+        assert_same_knn(*index.search_vectors(xq, 9, filter={"id": ["item-3", "item-150", "item-151"]}),
+                        *brute_force(x, xq, 9, few), x, xq)
+        np.testing.assert_allclose(index.vectors([5, 100], exact=True), x[[5, 100]], atol=1e-3)

@@ -2,7 +2,7 @@
 
 ``index.search(q, k, rerank="refine")``, ``rerank=["refine", "hubness"]`` or
 configured objects (``rerank=[Refine(factor=8), VLMReranker("Qwen/Qwen2-VL-2B-Instruct")]``).
-Each stage receives the best ``stage.depth(k)`` candidates of the previous one as a
+Each stage receives the best ``stage.candidates(k)`` candidates of the previous one as a
 faiss pair (D, I) and returns them rescored and re-sorted; the search keeps the top k.
 
 - `Refine`: exact rescoring from the stored full vectors (vectors.npy). On a PQ/SQ
@@ -10,11 +10,16 @@ faiss pair (D, I) and returns them rescored and re-sorted; the search keeps the 
 - `Hubness`: query-bank normalisation against hubs (candidates that are the nearest
   neighbour of many queries), as inverted softmax (``method="is"``, Smith et al.
   2017) or dynamic inverted softmax (``"dis"``, QB-Norm, Bogolin et al. 2022), in
-  the spirit of "Balance Act" (Wang et al. 2023). The query bank is an array of
-  query embeddings (same model, same query instruction as the searches), given as
+  the spirit of "Balance Act" (Wang et al. 2023). The query bank is given as
   ``Hubness(bank=...)`` or read from ``INDEX/query_bank.npy``.
 - `VLMReranker` (module `mmsearch.query.vlm`): a vision-language model judges
   each (query, candidate) pair.
+
+``INDEX/query_bank.npy`` (optional; the indexer may write it): a float32 ``(n, dim)``
+array, ``np.save`` format, of L2-normalised embeddings of typical queries, made with
+the index's model and the query instruction searches will use (held-out queries or
+captions of the corpus's domain; n of 1k-10k is plenty). It is not listed in the
+manifest and is read once per open index.
 """
 from __future__ import annotations
 
