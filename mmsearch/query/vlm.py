@@ -14,8 +14,9 @@ or, by default, the index's own VLM2Vec model.
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional, Sequence, Tuple
 
 import numpy as np
@@ -49,33 +50,34 @@ class Candidate:
     image: Optional[Image.Image] = None
 
 
+@dataclass(frozen=True)
 class VLMReranker:
     """Rescore the top ``k * factor`` candidates (or `depth`) by P("Yes").
 
     `model`: None (the index's encoder), a model id / checkpoint directory (loaded on
-    first use with `load_encoder`), or a loaded VLM encoder. Settings are fixed at
-    construction; the loaded judge is shared by all threads.
+    first use with `load_encoder` on `device`), or a loaded VLM encoder. The loaded
+    judge is kept and shared by all threads.
     """
 
+    model: Any = field(default=None, compare=False)
+    factor: float = 2.0
+    depth: Optional[int] = None
+    batch_size: int = 8
+    question: str = DEFAULT_QUESTION
+    device: str = "auto"
+    max_text_chars: int = 2000
+    _loaded: dict = field(default_factory=dict, init=False, compare=False, repr=False)
+    _lock: Any = field(default_factory=threading.Lock, init=False, compare=False, repr=False)
     name = "vlm"
 
-    def __init__(self, model: Any = None, *, factor: float = 2.0, depth: Optional[int] = None,
-                 batch_size: int = 8, question: str = DEFAULT_QUESTION, device: str = "auto",
-                 max_text_chars: int = 2000):
-        _check_depth(factor, depth)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise InputError(f"vlm batch_size={batch_size!r}: expected an int >= 1")
-        if not isinstance(question, str) or not question.strip():
-            raise InputError(f"vlm question={question!r}: expected a non-empty string")
-        self.model, self.factor, self.depth = model, factor, depth
-        self.batch_size, self.question, self.device = batch_size, question, device
-        self.max_text_chars = max_text_chars
-        self._judge = None if model is None or isinstance(model, (str, bytes)) or hasattr(model, "__fspath__") \
-            else _check_judge(model)
-        self._lock = threading.Lock()
-
-    def __repr__(self) -> str:
-        return f"VLMReranker(model={getattr(self.model, 'name', self.model)!r}, factor={self.factor})"
+    def __post_init__(self) -> None:
+        _check_depth(self.factor, self.depth)
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise InputError(f"vlm batch_size={self.batch_size!r}: expected an int >= 1")
+        if not isinstance(self.question, str) or not self.question.strip():
+            raise InputError(f"vlm question={self.question!r}: expected a non-empty string")
+        if self.model is not None and not isinstance(self.model, (str, os.PathLike)):
+            self._loaded["judge"] = _check_judge(self.model)
 
     def candidates(self, k: int) -> int:
         return rerank_depth(k, self.factor, self.depth)
@@ -107,17 +109,16 @@ class VLMReranker:
 
     def judge(self, index: Optional["Index"] = None):
         """The loaded judge model (an encoder exposing .model, .processor, .backbone)."""
-        if self._judge is None:
+        if self.model is None:  # the index's own model (each index loads and keeps its encoder)
+            if index is None:
+                raise InputError("VLMReranker(model=None) judges with an index's encoder; "
+                                 "pass model=... to use it on its own")
+            return _check_judge(index.encoder)
+        if "judge" not in self._loaded:
             with self._lock:
-                if self._judge is None:
-                    if self.model is not None:
-                        self._judge = _check_judge(load_encoder(self.model, device=self.device))
-                    elif index is not None:
-                        self._judge = _check_judge(index.encoder)
-                    else:
-                        raise InputError("VLMReranker(model=None) judges with an index's encoder; "
-                                         "pass model=... to use it on its own")
-        return self._judge
+                if "judge" not in self._loaded:
+                    self._loaded["judge"] = _check_judge(load_encoder(self.model, device=self.device))
+        return self._loaded["judge"]
 
     def prompt(self, backbone: str, query: Query, candidate: Candidate) -> str:
         """The judge's prompt for one pair (images as the backbone's placeholders)."""
