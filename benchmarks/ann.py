@@ -1,0 +1,221 @@
+"""ANN recall@10 vs QPS: mmsearch (auto, HNSW, IVF-PQ + refine) against raw FAISS, hnswlib,
+usearch (and LanceDB when installed), all measured in the same run on the same vectors.
+
+    python benchmarks/ann.py --quick          # 100k x 768
+    python benchmarks/ann.py                  # 100k and 1M, dim 768 and 1536
+
+Vectors are clustered synthetic embeddings; ground truth by exact search. Every
+method searches the same 1000 queries as one batch on all cores; QPS is the best
+of 3 timed runs after a warm-up. Writes results/ann*.json, .md and a PNG per size.
+"""
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import RESULTS, best_time, clustered, environment, ground_truth, plot_curves, recall_at, save  # noqa
+
+K = 10
+NPROBES = (4, 8, 16, 32, 64, 128)
+EFS = (16, 32, 64, 128, 256)
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def mmsearch_method(name, factory, xb, xq, gt, work, sweep):
+    from mmsearch.indexer.vectors import index_vectors
+    from mmsearch.query import open_index
+
+    out = work / name
+    t0 = time.perf_counter()
+    m = index_vectors(out, xb, [str(i) for i in range(len(xb))], index=factory, shard_size=len(xb),
+                      store_vectors=False)
+    build = time.perf_counter() - t0
+    idx = open_index(out)
+    points = []
+    for params in sweep(m.faiss.factory):
+        _, I = idx.search_vectors(xq, K, params=params)
+        secs = best_time(lambda: idx.search_vectors(xq, K, params=params))
+        points.append((recall_at(I, gt), len(xq) / secs, params))
+    files = [f for f in (out / "shards").rglob("index.faiss")] + list(out.glob("trained.faiss"))
+    size = sum(f.stat().st_size for f in files)
+    return {"method": f"mmsearch {name}", "factory": m.faiss.factory, "build_s": round(build, 2),
+            "bytes_per_vector": round(size / len(xb), 1), "points": points, "index_file": str(files[0])}
+
+
+def faiss_raw(entry, xq, gt, sweep):
+    """The same shard file searched with faiss directly (no mmsearch layer)."""
+    import faiss
+
+    index = faiss.read_index(entry["index_file"])
+    points = []
+    for params in sweep(entry["factory"]):
+        sp = raw_params(entry["factory"], params)
+        _, I = index.search(xq, K, params=sp)
+        secs = best_time(lambda: index.search(xq, K, params=sp))
+        points.append((recall_at(I, gt), len(xq) / secs, params))
+    return {"method": f"faiss (same file as mmsearch {entry['method'].split()[-1]})", "factory": entry["factory"],
+            "build_s": entry["build_s"], "bytes_per_vector": entry["bytes_per_vector"], "points": points}
+
+
+def raw_params(factory, p):
+    import faiss
+
+    if "HNSW" in factory:
+        return faiss.SearchParametersHNSW(efSearch=p["efSearch"])
+    ivf = faiss.SearchParametersIVF(nprobe=p["nprobe"])
+    if factory.endswith("RFlat"):
+        return faiss.IndexRefineSearchParameters(k_factor=p["k_factor"], base_index_params=ivf)
+    return ivf
+
+
+def ivf_sweep(factory):
+    return [{"nprobe": p, "k_factor": 8} for p in NPROBES]
+
+
+def hnsw_sweep(factory):
+    return [{"efSearch": e} for e in EFS]
+
+
+def auto_sweep(factory):
+    return hnsw_sweep(factory) if "HNSW" in factory else ivf_sweep(factory) if "IVF" in factory else [{}]
+
+
+def hnswlib_method(xb, xq, gt, work):
+    import hnswlib
+
+    t0 = time.perf_counter()
+    index = hnswlib.Index(space="ip", dim=xb.shape[1])
+    index.init_index(max_elements=len(xb), M=16, ef_construction=100)
+    index.add_items(xb, num_threads=os.cpu_count())
+    build = time.perf_counter() - t0
+    index.save_index(str(work / "hnswlib.bin"))
+    points = []
+    for ef in EFS:
+        index.set_ef(max(ef, K))
+        labels, _ = index.knn_query(xq, k=K, num_threads=os.cpu_count())
+        secs = best_time(lambda: index.knn_query(xq, k=K, num_threads=os.cpu_count()))
+        points.append((recall_at(labels, gt), len(xq) / secs, {"ef": ef}))
+    return {"method": "hnswlib (M=16, efC=100)", "build_s": round(build, 2),
+            "bytes_per_vector": round((work / "hnswlib.bin").stat().st_size / len(xb), 1), "points": points}
+
+
+def usearch_method(xb, xq, gt, work):
+    from usearch.index import Index
+
+    t0 = time.perf_counter()
+    index = Index(ndim=xb.shape[1], metric="ip", dtype="f32", connectivity=16, expansion_add=100)
+    index.add(None, xb, threads=os.cpu_count())
+    build = time.perf_counter() - t0
+    index.save(str(work / "usearch.bin"))
+    points = []
+    for ef in EFS:
+        index.expansion_search = ef
+        keys = index.search(xq, K, threads=os.cpu_count()).keys
+        secs = best_time(lambda: index.search(xq, K, threads=os.cpu_count()))
+        points.append((recall_at(keys, gt), len(xq) / secs, {"expansion_search": ef}))
+    return {"method": "usearch (M=16, efC=100)", "build_s": round(build, 2),
+            "bytes_per_vector": round((work / "usearch.bin").stat().st_size / len(xb), 1), "points": points}
+
+
+def lancedb_method(xb, xq, gt, work):
+    import lancedb
+    import pyarrow as pa
+
+    db = lancedb.connect(str(work / "lance"))
+    table = pa.table({"id": range(len(xb)), "vector": pa.FixedSizeListArray.from_arrays(pa.array(xb.ravel()),
+                                                                                      xb.shape[1])})
+    t0 = time.perf_counter()
+    tbl = db.create_table("v", table)
+    tbl.create_index(metric="dot", num_partitions=256, num_sub_vectors=xb.shape[1] // 16)
+    build = time.perf_counter() - t0
+    points = []
+    for nprobes in (8, 16, 32, 64):
+        def run():
+            return [tbl.search(q).metric("dot").nprobes(nprobes).refine_factor(8).limit(K).to_arrow()["id"]
+                    .to_pylist() for q in xq[:200]]
+        ids = run()
+        secs = best_time(run, repeat=1)
+        points.append((recall_at(ids, gt[:200]), 200 / secs, {"nprobes": nprobes, "refine_factor": 8}))
+    return {"method": "lancedb (IVF_PQ, one query at a time)", "build_s": round(build, 2),
+            "bytes_per_vector": round(dir_bytes(work / "lance") / len(xb), 1), "points": points}
+
+
+def best_at(points, target=0.95):
+    ok = [qps for r, qps, _ in points if r >= target]
+    return round(max(ok), 1) if ok else None
+
+
+def run_size(n, d, n_queries, work):
+    xb, xq = clustered(n, d, n_queries, seed=n + d)
+    gt = ground_truth(xb, xq, K)
+    methods = []
+    auto = mmsearch_method("auto", "auto", xb, xq, gt, work, auto_sweep)
+    methods.append(auto)
+    hnsw = mmsearch_method("HNSW32", "HNSW32", xb, xq, gt, work, hnsw_sweep)
+    methods.append(hnsw)
+    ivf_factory = f"IVF{1024 if n <= 200_000 else 4096},PQ{d // 4}x4fs,RFlat"
+    ivf = auto if auto["factory"] == ivf_factory else mmsearch_method("IVF-PQ+refine", ivf_factory, xb, xq, gt,
+                                                                      work, ivf_sweep)
+    if ivf is not auto:
+        methods.append(ivf)
+    methods += [faiss_raw(hnsw, xq, gt, hnsw_sweep), faiss_raw(ivf, xq, gt, ivf_sweep)]
+    for fn in (hnswlib_method, usearch_method, lancedb_method):
+        try:
+            methods.append(fn(xb, xq, gt, work))
+        except ImportError as e:
+            methods.append({"method": fn.__name__.replace("_method", ""), "skipped": f"not installed ({e.name})"})
+    for m in methods:
+        m.pop("index_file", None)
+        if "points" in m:
+            m["qps_at_recall_0.95"] = best_at(m["points"])
+            m["points"] = [(round(r, 4), round(q, 1), p) for r, q, p in m["points"]]
+    return methods
+
+
+def markdown(n, d, methods) -> str:
+    lines = [f"### {n:,} x {d}\n", "| method | index | build s | bytes/vector | QPS at recall@10 >= 0.95 | "
+             "best recall@10 |", "|---|---|---|---|---|---|"]
+    for m in methods:
+        if "skipped" in m:
+            lines.append(f"| {m['method']} | - | - | - | {m['skipped']} | - |")
+            continue
+        best = max(r for r, _, _ in m["points"])
+        lines.append(f"| {m['method']} | {m.get('factory', '')} | {m['build_s']} | {m['bytes_per_vector']} | "
+                     f"{m['qps_at_recall_0.95'] or 'not reached'} | {best} |")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="100k x 768 only")
+    ap.add_argument("--queries", type=int, default=1000)
+    args = ap.parse_args()
+    sizes = [(100_000, 768)] if args.quick else [(100_000, 768), (100_000, 1536), (1_000_000, 768),
+                                                 (1_000_000, 1536)]
+    result = {"environment": environment(), "k": K, "queries": args.queries, "sizes": []}
+    md = [f"## ANN benchmark ({result['environment']['date']}, {result['environment']['cpu']}, "
+          f"{result['environment']['cores']} cores)\n"]
+    for n, d in sizes:
+        work = Path(tempfile.mkdtemp(prefix="mmsearch-ann-"))
+        try:
+            methods = run_size(n, d, args.queries, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        result["sizes"].append({"n": n, "d": d, "methods": methods})
+        md.append(markdown(n, d, methods))
+        curves = {m["method"]: [(r, q) for r, q, _ in m["points"]] for m in methods if "points" in m}
+        plot_curves(RESULTS / f"ann_{n}x{d}.png", curves, f"recall@10 vs QPS, {n:,} x {d}")
+        md.append(f"![ann {n}x{d}](ann_{n}x{d}.png)\n")
+        print(md[-2], flush=True)
+    save("ann_quick" if args.quick else "ann", result, "\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
