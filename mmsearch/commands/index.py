@@ -56,6 +56,15 @@ def _run_options(p) -> None:
     p.add_argument("--no-thumbnails", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    r = p.add_argument_group("distributed (Ray)", "run the same stages on a Ray cluster; see docs/ray.md")
+    r.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: threads in this process; ray: Ray Data tasks and encoder actors")
+    r.add_argument("--ray-address", default=None,
+                   help="with --engine ray: auto or HOST:PORT of a running cluster; unset: start a local one")
+    r.add_argument("--partition-size", type=int, default=10_000,
+                   help="records per partition (the unit of work, retry and resume; shards never span two)")
+    r.add_argument("--ray-actors", type=int, default=None,
+                   help="encoder actors; unset: one per GPU, else half the CPUs")
 
 
 def _build_parser(isub) -> None:
@@ -94,7 +103,9 @@ def _options(args) -> dict:
                 max_errors=parse_max_errors(args.max_errors), store_vectors=not args.no_vectors,
                 thumbnails=not args.no_thumbnails, show_progress=not args.no_progress,
                 max_image_pixels=args.max_image_pixels or None,
-                source_kind=args.kind, source_options=source_options)
+                source_kind=args.kind, source_options=source_options,
+                engine=args.engine, ray_address=args.ray_address, partition_size=args.partition_size,
+                ray_actors=args.ray_actors)
 
 
 def _report(result, args) -> int:

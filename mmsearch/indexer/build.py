@@ -10,10 +10,10 @@ import fcntl
 import json
 import os
 import shutil
-from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, List, Optional, Union
+from typing import List, Optional
 
 from ..errors import InputError, MMSearchError
 from ..index_format import (ModelInfo, atomic_write_json, check_model, remove_unlisted)
@@ -92,13 +92,15 @@ def model_info(encoder) -> ModelInfo:
 
 
 def build_index(sources, out, model: Optional[str] = None, *, encoder=None, fresh: bool = False,
-                **options) -> BuildResult:
+                engine: str = "local", ray_address: Optional[str] = None, **options) -> BuildResult:
     """Index `sources` (paths: folders, JSONL/CSV/Parquet, M-BEIR pools, PDFs, .tar) into `out`.
 
     `options` are `BuildSettings` fields (index, shard_size, batch_size, workers, task,
     instruction, memory_budget, max_errors, ...). Rerunning resumes; `fresh=True` starts over.
+    `engine="ray"` runs the same stages on Ray Data (`ray_address`: None starts a local
+    Ray, "auto" or "HOST:PORT" joins a cluster; see docs/ray.md).
     """
-    settings = BuildSettings(model=model, **options)
+    settings = BuildSettings(model=model, engine=engine, ray_address=ray_address, **options)
     out = Path(out)
     with _exclusive(out):
         if fresh:
@@ -106,12 +108,13 @@ def build_index(sources, out, model: Optional[str] = None, *, encoder=None, fres
         return _run(_paths(sources), out, settings, encoder, adding=False)
 
 
-def add_to_index(index_dir, sources, *, encoder=None, on_duplicate: str = "reject", **options) -> BuildResult:
+def add_to_index(index_dir, sources, *, encoder=None, on_duplicate: str = "reject", engine: str = "local",
+                 ray_address: Optional[str] = None, **options) -> BuildResult:
     """Add items to an existing index with its own model and candidate instruction.
     An id already present is rejected (`on_duplicate="reject"`) or replaced ("update")."""
     if on_duplicate not in ("reject", "update"):
         raise InputError(f"on_duplicate={on_duplicate!r}; valid: reject, update")
-    settings = BuildSettings(existing=on_duplicate, **options)
+    settings = BuildSettings(existing=on_duplicate, engine=engine, ray_address=ray_address, **options)
     out = Path(index_dir)
     if not (out / "manifest.json").is_file():
         raise InputError(f"{out} is not an mmsearch index (no manifest.json); build it with `mmsearch index build`")
@@ -131,13 +134,27 @@ def _instructions(settings: BuildSettings, manifest) -> dict:
     return built
 
 
-def _load_encoder(settings: BuildSettings, manifest):
+def _load_encoder(settings: BuildSettings, manifest, cluster):
     from ..encoders import load_encoder
 
     name = settings.model or (manifest.model.id if manifest is not None else None)
     if name is None:
         raise InputError("no model given: pass --model (a Hugging Face id or a local checkpoint directory)")
-    return load_encoder(name, device=settings.device, dtype=settings.dtype, max_image_pixels=settings.max_image_pixels)
+    where = {"device": settings.device, "dtype": settings.dtype}
+    if cluster is not None:
+        from .ray_engine import driver_encoder_options
+
+        where = driver_encoder_options(settings, cluster)
+    return load_encoder(name, max_image_pixels=settings.max_image_pixels, **where)
+
+
+def _session(settings: BuildSettings):
+    """The Ray connection of a Ray run (None for the local engine)."""
+    if settings.engine != "ray":
+        return nullcontext(None)
+    from .ray_engine import ray_session
+
+    return ray_session(settings.ray_address)
 
 
 def _plan(settings: BuildSettings, manifest, paths, dim: int) -> planner.Plan:
@@ -153,10 +170,10 @@ def _plan(settings: BuildSettings, manifest, paths, dim: int) -> planner.Plan:
 def _run(paths: List[str], out: Path, settings: BuildSettings, encoder, adding: bool) -> BuildResult:
     from tqdm.auto import tqdm
 
-    with Store(out / "store.lmdb") as store:
+    with _session(settings) as cluster, Store(out / "store.lmdb") as store:
         manifest = reconcile(out, store)
         remove_unlisted(out)
-        encoder = encoder or _load_encoder(settings, manifest)
+        encoder = encoder or _load_encoder(settings, manifest, cluster)
         info = model_info(encoder)
         if manifest is not None:
             check_model(manifest.model, info)
@@ -171,21 +188,30 @@ def _run(paths: List[str], out: Path, settings: BuildSettings, encoder, adding: 
         total = estimate_rows(paths, settings.source_kind)
         bar = tqdm(total=total, unit="item", desc="index", disable=not settings.show_progress, dynamic_ncols=True)
         with open(out / "errors.jsonl", "w", encoding="utf-8") as errors:
-            pipe = Pipeline(paths, settings, encoder, store, writer, instructions,
-                            exists=lambda i: store.get_row(i) is not None, stats=stats, errors=errors, progress=bar)
+            runner = _runner(cluster, paths, out, settings, encoder, store, writer, instructions, stats, errors, bar)
             try:
-                pipe.run()
+                runner.run()
             finally:
                 bar.close()
                 stats.stop()
-                _write_stats(out, stats, settings, writer, plan)
+                _write_stats(out, stats, settings, writer, plan, runner.describe())
         return _result(out, stats, writer, settings)
 
 
-def _write_stats(out: Path, stats: RunStats, settings: BuildSettings, writer: ShardWriter, plan) -> None:
-    extra = {"workers": settings.workers, "batch_size": settings.batch_size, "index": plan.factory,
-             "tuning": writer.tuning, "shard_size": settings.shard_size}
-    atomic_write_json(out / "stats.json", stats.to_dict(settings.workers, extra))
+def _runner(cluster, paths, out, settings, encoder, store, writer, instructions, stats, errors, bar):
+    if cluster is not None:
+        from .ray_engine import RayEngine
+
+        return RayEngine(cluster, paths, out, settings, encoder, store, writer, instructions, stats, errors, bar)
+    return Pipeline(paths, settings, encoder, store, writer, instructions,
+                    exists=lambda i: store.get_row(i) is not None, stats=stats, errors=errors, progress=bar)
+
+
+def _write_stats(out: Path, stats: RunStats, settings: BuildSettings, writer: ShardWriter, plan,
+                 engine: dict) -> None:
+    extra = {"batch_size": settings.batch_size, "index": plan.factory, "tuning": writer.tuning,
+             "shard_size": settings.shard_size, **engine}
+    atomic_write_json(out / "stats.json", stats.to_dict(engine["workers"], extra, encoders=engine["encoders"]))
 
 
 def _result(out: Path, stats: RunStats, writer: ShardWriter, settings: BuildSettings) -> BuildResult:

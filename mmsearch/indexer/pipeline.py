@@ -55,6 +55,9 @@ class Pipeline:
         self.router = Router(settings.existing, exists)
         self._stop = threading.Event()
 
+    def describe(self) -> dict:
+        return {"engine": "local", "workers": self.s.workers, "encoders": 1}
+
     # --- stage 1: read (one thread; sources such as PDFs are not thread-safe) -------------
     def _read(self, pool: ThreadPoolExecutor, out: "queue.Queue") -> None:
         try:

@@ -15,6 +15,7 @@ DEFAULT_INSTRUCTIONS = {
     "page": "Understand the content of the provided document image.",
 }
 EXISTING_POLICIES = ("skip", "update", "reject")
+ENGINES = ("local", "ray")
 
 
 @dataclass(frozen=True)
@@ -40,9 +41,14 @@ class BuildSettings:
     train_size: Optional[int] = None     # vectors to train IVF on; None = picked from nlist
     show_progress: bool = False
     recall_target: float = 0.95          # auto-tuning of nprobe for ANN indexes
+    engine: str = "local"                # "local" (threads in this process) or "ray" (Ray Data)
+    ray_address: Optional[str] = None    # None: start a local Ray; "auto" or HOST:PORT: join a cluster
+    partition_size: int = 10_000         # records per partition (unit of work, retry and resume on Ray)
+    ray_actors: Optional[int] = None     # encoder actors; None: one per GPU, else half the CPUs
+    ray_actor_cpus: float = 1.0          # CPUs reserved per encoder actor
 
     def __post_init__(self) -> None:
-        for name in ("shard_size", "workers", "queue_size"):
+        for name in ("shard_size", "workers", "queue_size", "partition_size"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise InputError(f"{name} must be a positive integer, got {v!r}")
@@ -54,6 +60,17 @@ class BuildSettings:
             raise InputError("give either task or instruction, not both")
         if self.max_errors is not None and (self.max_errors < 0):
             raise InputError(f"max_errors must be >= 0, got {self.max_errors!r}")
+        self._check_engine()
+
+    def _check_engine(self) -> None:
+        if self.engine not in ENGINES:
+            raise InputError(f"engine={self.engine!r}; valid: {', '.join(ENGINES)}")
+        if self.engine != "ray" and self.ray_address is not None:
+            raise InputError(f"ray_address={self.ray_address!r} needs engine='ray' (got {self.engine!r})")
+        if self.ray_actors is not None and (not isinstance(self.ray_actors, int) or self.ray_actors < 1):
+            raise InputError(f"ray_actors must be a positive integer or None, got {self.ray_actors!r}")
+        if not self.ray_actor_cpus > 0:
+            raise InputError(f"ray_actor_cpus must be > 0, got {self.ray_actor_cpus!r}")
 
     def instructions(self) -> dict:
         """The candidate instruction per modality, as recorded in the manifest."""
