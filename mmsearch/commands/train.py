@@ -1,0 +1,162 @@
+"""`mmsearch train`: contrastive training of a VLM2Vec encoder on MMEB-train tables."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ._common import print_json
+
+EPILOG = """examples:
+  mmsearch train --data train.parquet --model Qwen/Qwen2-VL-2B-Instruct --lora --out run1
+  mmsearch train --data train.jsonl --model run1 --mine-negatives auto --mine-every 500 --out run2
+  mmsearch train --data train.parquet --scratch hidden=192,layers=3 --vocab-size 900 --lr 1.5e-3 \\
+      --temperature 0.05 --learn-temperature --batch-size 96 --out tiny
+  mmsearch train ... --out run1 --resume        # continue from the last checkpoint in run1
+"""
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in the help, and the examples epilog as written."""
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "train", help="train an embedding model (InfoNCE, LoRA or full, GradCache, mined negatives)",
+        description="Train a VLM2Vec encoder contrastively on MMEB-train tables (qry, qry_image_path, pos_text, "
+                    "pos_image_path, optional neg_text, neg_image_path; JSONL or Parquet) and write a Hugging Face "
+                    "checkpoint to --out that `load_encoder`/--model load.",
+        epilog=EPILOG, formatter_class=_Formatter)
+    _data_args(p)
+    _model_args(p)
+    _optim_args(p)
+    _negative_args(p)
+    _run_args(p)
+    p.set_defaults(handler=run)
+
+
+def _data_args(p) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data", nargs="+", required=True, metavar="TABLE", help="MMEB-train JSONL / Parquet file(s)")
+    g.add_argument("--image-root", default=None, help="image paths are relative to this (default: each table's folder)")
+    g.add_argument("--out", required=True, help="output directory: the model, train_log.jsonl, checkpoints/")
+
+
+def _model_args(p) -> None:
+    g = p.add_argument_group("model")
+    src = g.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="starting checkpoint: Hugging Face id or local directory")
+    src.add_argument("--scratch", nargs="?", const="", metavar="SIZES",
+                     help="a new Qwen2-VL, e.g. hidden=192,layers=3,heads=6,kv_heads=2,ffn=512,vision_embed=128,"
+                          "vision_depth=3 (the default sizes)")
+    g.add_argument("--vocab-size", type=int, default=900, help="--scratch: BPE vocabulary trained on the data")
+    g.add_argument("--scratch-image-size", type=int, default=112, help="--scratch: largest image side (pixels)")
+    g.add_argument("--init-from-config", action="store_true", help="--model's architecture with random weights")
+    g.add_argument("--lora", action="store_true", help="train a LoRA adapter (default: full fine-tuning)")
+    g.add_argument("--lora-rank", type=int, default=8)
+    g.add_argument("--lora-alpha", type=float, default=16)
+    g.add_argument("--lora-dropout", type=float, default=0.05)
+    g.add_argument("--dora", action="store_true", help="weight-decomposed LoRA (DoRA)")
+    g.add_argument("--lora-targets", default=None,
+                   help="regex over module names, or a comma-separated list (default: the language model's "
+                        "attention and MLP projections)")
+    g.add_argument("--save-adapter", action="store_true", help="write the LoRA adapter instead of merged weights")
+
+
+def _optim_args(p) -> None:
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--batch-size", type=int, default=64, help="queries per contrastive batch")
+    g.add_argument("--chunk-size", type=int, default=None, help="GradCache sub-batch (default: no GradCache)")
+    g.add_argument("--grad-accum", type=int, default=1, help="contrastive batches per optimizer step")
+    g.add_argument("--max-steps", type=int, default=None, help="optimizer steps (default: --epochs)")
+    g.add_argument("--epochs", type=float, default=1.0)
+    g.add_argument("--lr", type=float, default=2e-5)
+    g.add_argument("--weight-decay", type=float, default=0.0)
+    g.add_argument("--warmup", type=float, default=0.04, help="a fraction of the steps (< 1) or a step count")
+    g.add_argument("--schedule", choices=("cosine", "linear", "constant"), default="cosine")
+    g.add_argument("--max-grad-norm", type=float, default=1.0, help="0 disables clipping")
+    g.add_argument("--temperature", type=float, default=0.02)
+    g.add_argument("--learn-temperature", action="store_true", help="learn it (log-parameterised)")
+
+
+def _negative_args(p) -> None:
+    g = p.add_argument_group("hard negatives")
+    g.add_argument("--no-data-negatives", action="store_true", help="ignore neg_text / neg_image_path")
+    g.add_argument("--mine-negatives", default=None, metavar="INDEX_OR_AUTO",
+                   help="'auto' (index the data's candidates) or an mmsearch index of the candidates")
+    g.add_argument("--mine-every", type=int, default=0, help="re-mine every N steps (0: once, at the start)")
+    g.add_argument("--mine-k", type=int, default=10, help="best non-positive hits kept per query")
+    g.add_argument("--mine-per-query", type=int, default=1, help="mined negatives drawn per query and step")
+
+
+def _run_args(p) -> None:
+    g = p.add_argument_group("run")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    g.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="auto: bf16 autocast on GPU, fp32 on CPU")
+    g.add_argument("--save-every", type=int, default=0, help="resumable checkpoint every N steps")
+    g.add_argument("--keep-checkpoints", type=int, default=2)
+    g.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    g.add_argument("--log-every", type=int, default=10, help="log loss / lr / throughput every N steps")
+    g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    g.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+
+
+def parse_sizes(text: str):
+    """'hidden=192,layers=3' -> ScratchSettings (other sizes at their defaults)."""
+    from ..errors import InputError
+    from ..train import ScratchSettings
+
+    valid = [f for f in ScratchSettings.__dataclass_fields__ if f not in ("vocab_size", "image_size")]
+    sizes = {}
+    for part in filter(None, (s.strip() for s in text.split(","))):
+        key, _, value = part.partition("=")
+        if key not in valid or not value.strip().isdigit():
+            raise InputError(f"--scratch {part!r}: expected NAME=INT with NAME one of {', '.join(valid)}")
+        sizes[key] = int(value)
+    return sizes
+
+
+def settings_from_args(args):
+    from ..train import LoraSettings, MiningSettings, ScratchSettings, TrainSettings
+
+    lora = None
+    if args.lora:
+        targets = args.lora_targets
+        if targets and "," in targets:
+            targets = tuple(t.strip() for t in targets.split(",") if t.strip())
+        lora = LoraSettings(rank=args.lora_rank, alpha=args.lora_alpha, dropout=args.lora_dropout, dora=args.dora,
+                            **({"target_modules": targets} if targets else {}))
+    scratch = None
+    if args.scratch is not None:
+        scratch = ScratchSettings(vocab_size=args.vocab_size, image_size=args.scratch_image_size,
+                                  **parse_sizes(args.scratch))
+    mining = None
+    if args.mine_negatives:
+        mining = MiningSettings(source=args.mine_negatives, every=args.mine_every, k=args.mine_k,
+                                per_query=args.mine_per_query)
+    return TrainSettings(
+        data=tuple(args.data), out=args.out, model=args.model, image_root=args.image_root,
+        init="config" if args.init_from_config else "pretrained", scratch=scratch, lora=lora,
+        save_adapter=args.save_adapter, batch_size=args.batch_size, chunk_size=args.chunk_size,
+        grad_accum=args.grad_accum, max_steps=args.max_steps, epochs=args.epochs, lr=args.lr,
+        weight_decay=args.weight_decay, warmup=args.warmup if args.warmup < 1 else int(args.warmup),
+        schedule=args.schedule, max_grad_norm=args.max_grad_norm or None, temperature=args.temperature,
+        learn_temperature=args.learn_temperature, data_negatives=not args.no_data_negatives, mining=mining,
+        seed=args.seed, device=args.device, precision=args.precision, save_every=args.save_every,
+        keep_checkpoints=args.keep_checkpoints, resume=args.resume, log_every=args.log_every,
+        show_progress=not args.no_progress)
+
+
+def run(args) -> int:
+    from ..train import train
+
+    result = train(settings_from_args(args))
+    if args.json:
+        print_json(result.to_dict())
+    else:
+        loss = "n/a" if result.final_loss is None else f"{result.final_loss:.4f}"
+        print(f"trained {result.steps} steps on {result.examples} examples ({result.skipped} rows skipped) in "
+              f"{result.seconds:.0f} s, {result.sequences_per_second:.0f} seq/s; final loss {loss}, temperature "
+              f"{result.temperature:.4f} -> {result.out}", file=sys.stderr)
+    return 0

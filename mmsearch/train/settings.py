@@ -1,0 +1,173 @@
+"""Settings of a training run, as frozen dataclasses built by the CLI (or by callers).
+
+Defaults follow VLM2Vec (InfoNCE at temperature 0.02, LoRA rank 8 on the language
+model's projections); `TrainSettings.validate` checks every field and names the
+valid options in its errors.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import Optional, Tuple, Union
+
+from ..errors import InputError
+
+# LoRA on the language model's attention and MLP projections only. Qwen2.5-VL's
+# vision MLP reuses gate/up/down_proj, hence the explicit exclusion of "visual".
+DEFAULT_LORA_TARGETS = r"^(?!.*visual).*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
+SCHEDULES = ("cosine", "linear", "constant")
+PRECISIONS = ("auto", "fp32", "bf16")
+INITS = ("pretrained", "config")
+
+
+def _positive_int(name: str, value, allow_zero: bool = False) -> None:
+    low = 0 if allow_zero else 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise InputError(f"{name}={value!r}: expected an int >= {low}")
+
+
+def _positive_float(name: str, value, allow_zero: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (value == 0 and not allow_zero):
+        raise InputError(f"{name}={value!r}: expected a {'non-negative' if allow_zero else 'positive'} number")
+
+
+def _choice(name: str, value, options) -> None:
+    if value not in options:
+        raise InputError(f"{name}={value!r}; valid: {', '.join(options)}")
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """peft LoRA (or DoRA) on `target_modules` (a regex over module names, or a list of names)."""
+
+    rank: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    dora: bool = False
+    target_modules: Union[str, Tuple[str, ...]] = DEFAULT_LORA_TARGETS
+
+    def __post_init__(self) -> None:
+        _positive_int("lora rank", self.rank)
+        _positive_float("lora alpha", self.alpha)
+        if not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise InputError(f"lora dropout={self.dropout!r}: expected a number in [0, 1)")
+        if not self.target_modules:
+            raise InputError("lora target_modules is empty: give a regex or a list of module names")
+
+
+@dataclass(frozen=True)
+class MiningSettings:
+    """Hard negatives mined from an index of the candidates.
+
+    `source`: "auto" (the training file's candidates, indexed with the model being
+    trained) or the path of an mmsearch index whose items are the candidate pool.
+    Refreshed every `every` steps (0: once, at the start); each query keeps its
+    `k` best hits that are not its positive and draws `per_query` of them per step.
+    """
+
+    source: str = "auto"
+    every: int = 0
+    k: int = 10
+    per_query: int = 1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.source, str) or not self.source:
+            raise InputError(f"mining source={self.source!r}: expected 'auto' or an index directory")
+        _positive_int("mine_every", self.every, allow_zero=True)
+        _positive_int("mine_k", self.k)
+        _positive_int("mine_per_query", self.per_query)
+        if self.per_query > self.k:
+            raise InputError(f"mine_per_query={self.per_query} is larger than mine_k={self.k}")
+
+
+@dataclass(frozen=True)
+class ScratchSettings:
+    """A Qwen2-VL built from scratch: sizes (see `mmsearch.testing.QwenSize`) and a
+    byte-level BPE of `vocab_size` tokens trained on the training texts."""
+
+    hidden: int = 192
+    layers: int = 3
+    heads: int = 6
+    kv_heads: int = 2
+    ffn: int = 512
+    vision_embed: int = 128
+    vision_depth: int = 3
+    vision_heads: int = 2
+    vocab_size: int = 900
+    image_size: int = 112   # max side: Qwen's max_pixels = image_size ** 2
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            _positive_int(f.name, getattr(self, f.name))
+        if self.hidden % self.heads or self.heads % self.kv_heads:
+            raise InputError(f"hidden={self.hidden}, heads={self.heads}, kv_heads={self.kv_heads}: hidden must be "
+                             f"divisible by heads and heads by kv_heads")
+        if self.vocab_size < 257:
+            raise InputError(f"vocab_size={self.vocab_size}: a byte-level BPE needs at least 257")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    data: Tuple[str, ...]                 # MMEB-train tables (JSONL or Parquet)
+    out: str
+    model: Optional[str] = None           # HF id or checkpoint dir; None with `scratch`
+    image_root: Optional[str] = None      # image paths are relative to this (default: each table's folder)
+    init: str = "pretrained"              # "config": the model's architecture, random weights
+    scratch: Optional[ScratchSettings] = None
+    lora: Optional[LoraSettings] = None   # None: full fine-tuning
+    save_adapter: bool = False            # output the LoRA adapter instead of merged weights
+    batch_size: int = 64                  # queries per contrastive batch
+    chunk_size: Optional[int] = None      # GradCache sub-batch; None: the whole batch at once
+    grad_accum: int = 1
+    max_steps: Optional[int] = None       # optimizer steps; None: `epochs` passes over the data
+    epochs: float = 1.0
+    lr: float = 2e-5
+    weight_decay: float = 0.0
+    warmup: float = 0.04                  # a fraction of the steps (< 1) or a number of steps
+    schedule: str = "cosine"
+    max_grad_norm: Optional[float] = 1.0
+    temperature: float = 0.02
+    learn_temperature: bool = False
+    data_negatives: bool = True           # use neg_text / neg_image_path when present
+    mining: Optional[MiningSettings] = None
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"               # auto: bf16 autocast on GPU, fp32 on CPU
+    save_every: int = 0                   # resumable checkpoint every N steps (0: only at the end)
+    keep_checkpoints: int = 2
+    resume: bool = False
+    log_every: int = 10
+    show_progress: bool = False
+    max_image_pixels: Optional[int] = 89_478_485
+    image_cache_mb: int = 512             # decoded training images kept in memory
+    extra: dict = field(default_factory=dict)  # recorded in the output's training card
+
+    def __post_init__(self) -> None:
+        if isinstance(self.data, str) or not self.data:
+            raise InputError(f"data={self.data!r}: expected a non-empty list of MMEB-train tables")
+        object.__setattr__(self, "data", tuple(str(d) for d in self.data))
+        if (self.model is None) == (self.scratch is None):
+            raise InputError("give exactly one of model (a checkpoint to start from) and scratch (a new model)")
+        _choice("init", self.init, INITS)
+        _choice("schedule", self.schedule, SCHEDULES)
+        _choice("precision", self.precision, PRECISIONS)
+        for name in ("batch_size", "grad_accum", "log_every", "keep_checkpoints"):
+            _positive_int(name, getattr(self, name))
+        _positive_int("save_every", self.save_every, allow_zero=True)
+        _positive_int("image_cache_mb", self.image_cache_mb, allow_zero=True)
+        if self.chunk_size is not None:
+            _positive_int("chunk_size", self.chunk_size)
+        if self.max_steps is not None:
+            _positive_int("max_steps", self.max_steps)
+        for name in ("epochs", "lr", "temperature"):
+            _positive_float(name, getattr(self, name))
+        _positive_float("weight_decay", self.weight_decay, allow_zero=True)
+        _positive_float("warmup", self.warmup, allow_zero=True)
+        if self.max_grad_norm is not None:
+            _positive_float("max_grad_norm", self.max_grad_norm)
+        if self.save_adapter and self.lora is None:
+            raise InputError("save_adapter needs LoRA training (lora=LoraSettings(...) / --lora)")
+        if self.save_adapter and (self.scratch is not None or self.init != "pretrained"):
+            raise InputError("save_adapter needs a pretrained base to sit on; a randomly initialised base "
+                             "is saved merged")
