@@ -4,7 +4,8 @@ Without torchvision, transformers 5 falls back to PIL image processors, which
 work, but `Qwen2VLProcessor` (and `AutoProcessor` for Qwen) insists on a video
 processor that needs torchvision. mmsearch never encodes video, so on such
 machines it builds the same processor class with the video part left out.
-With torchvision present, the stock `AutoProcessor` is used.
+With torchvision present, the stock `AutoProcessor` is used. Without it, Qwen's
+PIL image processor is swapped for a bit-identical numpy one (`qwen_pixels`).
 """
 from __future__ import annotations
 
@@ -45,12 +46,14 @@ def _image_kwargs(backbone: str, preset: Preset) -> dict:
 def _qwen_processor(path: Path, backbone: str, preset: Preset):
     import transformers
 
+    from .qwen_pixels import faster
+
     name = "Qwen2VLProcessor" if backbone == "qwen2_vl" else "Qwen2_5_VLProcessor"
     image_kwargs = _image_kwargs(backbone, preset)
     if torchvision_available():
         proc = transformers.AutoProcessor.from_pretrained(str(path), **image_kwargs)
     else:
-        image_processor = transformers.AutoImageProcessor.from_pretrained(str(path), **image_kwargs)
+        image_processor = faster(transformers.AutoImageProcessor.from_pretrained(str(path), **image_kwargs))
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(path))
         proc = _image_only(getattr(transformers, name))(image_processor=image_processor, tokenizer=tokenizer)
     return proc
