@@ -396,3 +396,31 @@ def test_cli_trains_and_reports(tmp_path, tiny_dir, data_dir, capsys):
     assert sizes == {"hidden": 96, "layers": 2}
     with pytest.raises(InputError, match="NAME=INT"):
         train_cmd.parse_sizes("depth=3")
+
+
+# --------------------------------------------------------------------------- fast pixels
+
+
+def test_numpy_qwen_pixels_equal_the_pil_processor(tiny_dir, tiny_encoder):
+    from transformers import AutoImageProcessor, Qwen2VLImageProcessorPil
+
+    from mmsearch.encoders.qwen_pixels import NumpyQwen2VLImageProcessor, faster
+
+    stock = AutoImageProcessor.from_pretrained(str(tiny_dir("qwen2_vl")))
+    assert type(stock) is Qwen2VLImageProcessorPil
+    fast = faster(stock)
+    assert isinstance(fast, NumpyQwen2VLImageProcessor) and fast.size == stock.size
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in
+              [(112, 112), (56, 56), (57, 99), (30, 200), (300, 41), (112, 84)]]
+    images += [Image.fromarray(rng.integers(0, 256, (80, 90), dtype=np.uint8)),
+               Image.fromarray(rng.integers(0, 256, (70, 70, 4), dtype=np.uint8), "RGBA")]
+    for batch in (images, images[:1]):
+        want, got = stock(batch, return_tensors="np"), fast(batch, return_tensors="np")
+        assert np.array_equal(got["pixel_values"], want["pixel_values"])  # bit for bit
+        assert np.array_equal(got["image_grid_thw"], want["image_grid_thw"])
+    # the encoders use it when torchvision is absent (the stock processor otherwise)
+    from mmsearch.encoders.processors import torchvision_available
+
+    proc = tiny_encoder("qwen2_vl").processor.image_processor
+    assert isinstance(proc, NumpyQwen2VLImageProcessor) != torchvision_available()

@@ -92,6 +92,8 @@ def _run_args(p) -> None:
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    g.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's; 1 is fastest for tiny models on a busy machine)")
     g.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                    help="auto: bf16 autocast on GPU, fp32 on CPU")
     g.add_argument("--save-every", type=int, default=0, help="resumable checkpoint every N steps")
@@ -143,7 +145,7 @@ def settings_from_args(args):
         weight_decay=args.weight_decay, warmup=args.warmup if args.warmup < 1 else int(args.warmup),
         schedule=args.schedule, max_grad_norm=args.max_grad_norm or None, temperature=args.temperature,
         learn_temperature=args.learn_temperature, data_negatives=not args.no_data_negatives, mining=mining,
-        seed=args.seed, device=args.device, precision=args.precision, save_every=args.save_every,
+        seed=args.seed, device=args.device, threads=args.threads, precision=args.precision, save_every=args.save_every,
         keep_checkpoints=args.keep_checkpoints, resume=args.resume, log_every=args.log_every,
         show_progress=not args.no_progress)
 

@@ -133,6 +133,7 @@ class TrainSettings:
     mining: Optional[MiningSettings] = None
     seed: int = 0
     device: str = "auto"
+    threads: Optional[int] = None         # torch CPU threads while training; None: torch's default
     precision: str = "auto"               # auto: bf16 autocast on GPU, fp32 on CPU
     save_every: int = 0                   # resumable checkpoint every N steps (0: only at the end)
     keep_checkpoints: int = 2
@@ -156,8 +157,9 @@ class TrainSettings:
             _positive_int(name, getattr(self, name))
         _positive_int("save_every", self.save_every, allow_zero=True)
         _positive_int("image_cache_mb", self.image_cache_mb, allow_zero=True)
-        if self.chunk_size is not None:
-            _positive_int("chunk_size", self.chunk_size)
+        for name in ("chunk_size", "threads"):
+            if getattr(self, name) is not None:
+                _positive_int(name, getattr(self, name))
         if self.max_steps is not None:
             _positive_int("max_steps", self.max_steps)
         for name in ("epochs", "lr", "temperature"):

@@ -7,7 +7,8 @@ One optimizer step = `grad_accum` contrastive batches of `batch_size` queries
 1/grad_accum), clipped, then AdamW with warmup and cosine/linear/constant decay.
 Everything random is seeded: the data order and negative draws by `seed` and
 the step, dropout by the torch RNG (saved in checkpoints); the caller's global
-RNG state is restored when `train` returns.
+RNG state (and torch's thread count, which `threads` may set) is restored when
+`train` returns.
 """
 from __future__ import annotations
 
@@ -58,9 +59,15 @@ class TrainResult:
 def train(settings: TrainSettings) -> TrainResult:
     """Train as `settings` say; write the model (and logs, checkpoints) to `settings.out`."""
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(settings.seed)
-        return Trainer(settings).run()
+    threads = torch.get_num_threads()
+    try:
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(settings.seed)
+            return Trainer(settings).run()
+    finally:
+        torch.set_num_threads(threads)
 
 
 class Trainer:
