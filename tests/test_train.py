@@ -249,7 +249,7 @@ def _weights(path):
 def test_resumed_run_equals_uninterrupted(tmp_path, tiny_dir, data_dir):
     tiny = tiny_dir("qwen2_vl")
     kw = dict(data=data_dir / "mixed.jsonl", max_steps=6, save_every=2, lora=LoraSettings(dropout=0.1),
-              chunk_size=3, learn_temperature=True, mining=MiningSettings(every=3, k=3))
+              chunk_size=3, grad_accum=2, learn_temperature=True, mining=MiningSettings(every=3, k=3))
     train(_settings(tmp_path, tiny, name="straight", **kw))
     straight = tmp_path / "straight"
     # an interrupted copy: as if killed right after the step-4 checkpoint
@@ -270,6 +270,16 @@ def test_resumed_run_equals_uninterrupted(tmp_path, tiny_dir, data_dir):
     log_b = [{k: v for k, v in json.loads(x).items() if k not in ("seq_per_s", "seconds")}
              for x in (cut / "train_log.jsonl").read_text().splitlines()]
     assert log_a == log_b
+
+
+def test_random_init_from_a_models_config(tmp_path, tiny_dir, data_dir):
+    tiny = tiny_dir("qwen2_vl")
+    settings = _settings(tmp_path, tiny, data=data_dir / "t2i.jsonl", init="config", max_steps=1, seed=5)
+    train(settings)
+    init, base = _weights(Path(settings.out) / "init"), _weights(tiny)
+    assert init.keys() == base.keys()
+    assert not all(torch.equal(init[k], base[k]) for k in base if k.endswith("q_proj.weight"))
+    assert mmsearch.load_encoder(settings.out, device="cpu").dim == 64
 
 
 def test_scratch_model_trains_and_loads(tmp_path, data_dir):
@@ -357,6 +367,12 @@ def test_bad_rows_are_counted_and_skipped(tmp_path, data_dir):
 
     pq.write_table(pa.Table.from_pylist([_t2i(c) for c in COLOURS]), data_dir / "t2i.parquet")
     assert len(read_train_data([str(data_dir / "t2i.parquet")]).examples) == len(COLOURS)
+    nested = data_dir / "tables" / "t2i.jsonl"
+    nested.parent.mkdir(exist_ok=True)
+    shutil.copy(data_dir / "t2i.jsonl", nested)
+    with pytest.raises(InputError, match="image file not found"):  # paths are relative to the table's folder
+        read_train_data([str(nested)])
+    assert len(read_train_data([str(nested)], image_root=str(data_dir)).examples) == len(COLOURS)
     with pytest.raises(InputError, match="unsupported file type"):
         read_train_data([str(data_dir / "img/red.png")])
     with pytest.raises(InputError, match="no usable training rows"):

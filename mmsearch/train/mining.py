@@ -25,7 +25,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from ..encoders.base import Request
-from ..errors import IndexMismatchError
+from ..errors import ImageError, IndexMismatchError
 from .data import Example, Side
 from .settings import MiningSettings
 
@@ -56,10 +56,10 @@ def build_pool_index(encoder, pool: Sequence[Side], workdir: Path) -> Path:
     return workdir / "index"
 
 
-def search_pool(index_dir: Path, encoder, queries: Callable[[int, int], List[Request]], n: int, k: int,
-                pool_ids: Dict[str, int]) -> np.ndarray:
+def search_pool(index_dir: Path, encoder, queries: Callable[[int, int], List[Optional[Request]]], n: int,
+                k: int, pool_ids: Dict[str, int]) -> np.ndarray:
     """(n, k) int64 pool positions of each query's top-k hits (-1 where missing).
-    `queries(start, stop)` gives the requests of queries start..stop-1."""
+    `queries(start, stop)` gives the requests of queries start..stop-1 (None: skip that query)."""
     from ..query import open_index
 
     out = np.full((n, k), -1, dtype=np.int64)
@@ -67,10 +67,13 @@ def search_pool(index_dir: Path, encoder, queries: Callable[[int, int], List[Req
         row_ids = [r["id"] for r in index.records(list(range(len(index))))]
         row_to_pool = np.array([pool_ids.get(i, -1) for i in row_ids] + [-1], dtype=np.int64)
         for start in range(0, n, QUERY_CHUNK):
-            stop = min(n, start + QUERY_CHUNK)
-            xq = encoder.encode_requests(queries(start, stop), show_progress=False)
+            chunk = queries(start, min(n, start + QUERY_CHUNK))
+            where = [start + i for i, r in enumerate(chunk) if r is not None]
+            if not where or not len(index):
+                continue
+            xq = encoder.encode_requests([r for r in chunk if r is not None], show_progress=False)
             _, rows = index.search_vectors(np.ascontiguousarray(xq, dtype=np.float32), min(k, len(index)))
-            out[start:stop, :rows.shape[1]] = row_to_pool[rows]  # row -1 maps to the trailing -1
+            out[where, :rows.shape[1]] = row_to_pool[rows]  # row -1 maps to the trailing -1
     return out
 
 
@@ -87,6 +90,14 @@ def index_pool(index_dir: Path) -> List[Side]:
             text = " ".join(p for p in (instruction, None if page else r.get("text")) if p) or None
             pool.append(Side(text, r.get("image") or None))
     return pool
+
+
+def _or_none(request: Callable[[Side], Request], side: Side) -> Optional[Request]:
+    """The query's request, or None when its image cannot be loaded (it gets no mined negatives)."""
+    try:
+        return request(side)
+    except ImageError:
+        return None
 
 
 class Miner:
@@ -116,7 +127,7 @@ class Miner:
         t0 = time.perf_counter()
         extra = 2  # the positive and the query itself may take a slot each
         hits = search_pool(self._index(encoder), encoder,
-                           lambda a, b: [request(ex.query) for ex in self.examples[a:b]],
+                           lambda a, b: [_or_none(request, ex.query) for ex in self.examples[a:b]],
                            len(self.examples), self.settings.k + extra, {str(j): j for j in range(len(self.pool))})
         self.table = self.filter(hits)
         self.mined_at = step

@@ -278,12 +278,13 @@ class _Window:
 
 
 def _truncate_log(path: Path, step: int) -> None:
-    """Keep the log lines of steps up to `step` (a resumed run writes the rest again)."""
-    if path.is_file():
-        lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-        kept = [ln for ln in lines if json.loads(ln).get("step", 0) <= step
-                and not (json.loads(ln).get("event") == "mine" and json.loads(ln)["step"] == step)]
-        path.write_text("".join(ln + "\n" for ln in kept), encoding="utf-8")
+    """Keep what was logged before the checkpoint of `step` was written: step records
+    up to `step`, mining records before it (a resumed run writes the rest again)."""
+    if not path.is_file():
+        return
+    records = [json.loads(ln) for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    kept = [r for r in records if r["step"] < step or (r["step"] == step and r.get("event") != "mine")]
+    path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
 
 
 def _rate(log_path: Path) -> float:
