@@ -190,6 +190,23 @@ def test_rerun_skips_and_add_rejects(ray_index, corpus, tiny_dir, tmp_path):
     assert verify_index(out) == []
 
 
+def test_cache_avoids_reencoding(ray_index, local_index, corpus, tiny_dir, tmp_path):
+    import shutil
+
+    out, _ = ray_index
+    path, valid, _ = corpus
+    copy = tmp_path / "copy"  # lose every shard but keep the store: vectors come back from its cache
+    shutil.copytree(out, copy)
+    shutil.rmtree(copy / "shards")
+    (copy / "manifest.json").unlink()
+    with Store(copy / "store.lmdb") as store:
+        store.delete_ids(list(valid) + ["new-1"])  # (new-1: if the add test ran first)
+    redo = build_index([path], copy, model=str(tiny_dir("qwen2_vl")), engine="ray", partition_size=7, **OPTS)
+    assert redo.indexed == len(valid) and redo.stats["encoded"] == 0
+    assert redo.stats["cache_hits"] == len(valid) + 1  # + the duplicate, rejected after encoding
+    _assert_same_index(local_index[0], copy)
+
+
 def test_ivf_is_trained_by_the_driver(cluster, tiny_dir, tmp_path):
     path, valid, _ = make_corpus(tmp_path, n_valid=60, seed=12)
     out = tmp_path / "ivf"

@@ -60,7 +60,8 @@ def _run_options(p) -> None:
     r.add_argument("--engine", choices=("local", "ray"), default="local",
                    help="local: threads in this process; ray: Ray Data tasks and encoder actors")
     r.add_argument("--ray-address", default=None,
-                   help="with --engine ray: auto or HOST:PORT of a running cluster; unset: start a local one")
+                   help="with --engine ray: auto or HOST:PORT of a running cluster; unset: $RAY_ADDRESS, a cluster "
+                        "started here with `ray start`, else a new local one")
     r.add_argument("--partition-size", type=int, default=10_000,
                    help="records per partition (the unit of work, retry and resume; shards never span two)")
     r.add_argument("--ray-actors", type=int, default=None,

@@ -54,6 +54,14 @@ class BuildResult:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
+def _index_dir(out) -> Path:
+    text = os.fspath(out)
+    if "://" in text:
+        raise InputError(f"index directory {text!r} is a URL; an index is written to a local or shared-filesystem "
+                         f"path (mount object storage with s3fs, gcsfuse or similar to use it)")
+    return Path(text)
+
+
 def _paths(sources) -> List[str]:
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
@@ -101,7 +109,7 @@ def build_index(sources, out, model: Optional[str] = None, *, encoder=None, fres
     Ray, "auto" or "HOST:PORT" joins a cluster; see docs/ray.md).
     """
     settings = BuildSettings(model=model, engine=engine, ray_address=ray_address, **options)
-    out = Path(out)
+    out = _index_dir(out)
     with _exclusive(out):
         if fresh:
             _wipe(out)
@@ -115,7 +123,7 @@ def add_to_index(index_dir, sources, *, encoder=None, on_duplicate: str = "rejec
     if on_duplicate not in ("reject", "update"):
         raise InputError(f"on_duplicate={on_duplicate!r}; valid: reject, update")
     settings = BuildSettings(existing=on_duplicate, engine=engine, ray_address=ray_address, **options)
-    out = Path(index_dir)
+    out = _index_dir(index_dir)
     if not (out / "manifest.json").is_file():
         raise InputError(f"{out} is not an mmsearch index (no manifest.json); build it with `mmsearch index build`")
     with _exclusive(out):

@@ -59,13 +59,14 @@ class Cluster:
 
 @contextmanager
 def ray_session(address: Optional[str]):
-    """Connect to Ray (`address`: None starts a local cluster, "auto" or HOST:PORT joins
-    one); reuse a connection the caller already made. Disconnects only what it started."""
+    """Connect to Ray and describe the cluster. `address` None: $RAY_ADDRESS or a cluster
+    started on this machine with `ray start`, else a new local one; "auto" or HOST:PORT:
+    join that cluster. A connection the caller already made is reused as it is.
+    Disconnects only what it connected."""
     ray = import_ray()
     started = not ray.is_initialized()
-    if started:
-        options = {"include_dashboard": False} if address is None else {}
-        ray.init(address=address, configure_logging=False, log_to_driver=False, **options)
+    if started:  # worker output stays in Ray's logs: the driver's stderr carries our progress bar
+        ray.init(address=address, configure_logging=False, log_to_driver=False)
     try:
         res = ray.cluster_resources()
         yield Cluster(float(res.get("CPU", 0)), float(res.get("GPU", 0)), ray.get_runtime_context().get_node_id())

@@ -74,7 +74,6 @@ class Job:
     dtype: str
     weight_hash: Optional[str]
     batch_size: Optional[int]
-    piece: int = 64                      # records per decode output batch
     known: KnownIds = field(default_factory=KnownIds)
     cache: Any = None                    # a CacheReader actor handle, or None
 
@@ -167,7 +166,8 @@ class EncodeActor:
         return ray.get(self.job.cache.get_many.remote(keys))
 
     def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-        out = {name: np.array(batch[name], copy=True) for name in ROW_COLUMNS}
+        out = {name: np.array(batch[name], dtype=object if batch[name].dtype.kind in "OUS" else None)
+               for name in ROW_COLUMNS}  # object arrays: a longer string must not be cut to fit
         items = [i for i, kind in enumerate(batch["kind"]) if kind == ITEM]
         if not items:
             return out

@@ -42,7 +42,7 @@ class BuildSettings:
     show_progress: bool = False
     recall_target: float = 0.95          # auto-tuning of nprobe for ANN indexes
     engine: str = "local"                # "local" (threads in this process) or "ray" (Ray Data)
-    ray_address: Optional[str] = None    # None: start a local Ray; "auto" or HOST:PORT: join a cluster
+    ray_address: Optional[str] = None    # None: $RAY_ADDRESS, a `ray start` cluster here, or a new local one
     partition_size: int = 10_000         # records per partition (unit of work, retry and resume on Ray)
     ray_actors: Optional[int] = None     # encoder actors; None: one per GPU, else half the CPUs
     ray_actor_cpus: float = 1.0          # CPUs reserved per encoder actor
