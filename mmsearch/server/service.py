@@ -1,0 +1,165 @@
+"""`SearchService`: what the routes ask of an open `Index`.
+
+Searches run in a thread pool of `limits.threads` (the index is thread-safe), at most
+`limits.max_pending` running or queued (then 503), each awaited for at most
+`limits.search_timeout` seconds (then 504). Everything here only reads the index.
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
+
+from mmsearch._version import __version__
+from mmsearch.images import make_thumbnail
+from mmsearch.query import Index
+from mmsearch.tasks import list_tasks
+from mmsearch.types import Query
+
+from .errors import ApiError
+from .inputs import decode_image
+from .schemas import SearchRequest, json_safe
+from .settings import Limits
+
+T = TypeVar("T")
+THUMBNAIL_SIDE = 256
+_IMAGE_TYPES = ((b"\xff\xd8\xff", "image/jpeg"), (b"\x89PNG\r\n\x1a\n", "image/png"), (b"GIF8", "image/gif"))
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+class SearchService:
+    def __init__(self, index: Index, limits: Limits, auth: bool = False):
+        self.index, self.limits, self.auth = index, limits, auth
+        self._pool = ThreadPoolExecutor(limits.threads, thread_name_prefix="mmsearch-serve")
+        self._lock = threading.Lock()
+        self._pending = 0
+        self._tasks: Optional[List[Dict[str, Any]]] = None
+
+    # --- running work --------------------------------------------------------------------
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """fn(*args) in the search pool, admitted only below max_pending, awaited at most
+        search_timeout seconds."""
+        with self._lock:
+            if self._pending >= self.limits.max_pending:
+                raise ApiError(503, "busy", f"{self._pending} searches are running or queued (max_pending); "
+                                            "retry shortly", headers={"retry-after": "1"})
+            self._pending += 1
+        try:
+            future = self._pool.submit(fn, *args)
+        except RuntimeError:
+            self._release()
+            raise ApiError(503, "busy", "the server is shutting down") from None
+        future.add_done_callback(self._release)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), self.limits.search_timeout)
+        except asyncio.TimeoutError:
+            raise ApiError(504, "timeout", f"the search did not finish within {self.limits.search_timeout:g} s "
+                                           f"(search_timeout)") from None
+
+    def _release(self, _: Optional[Future] = None) -> None:
+        with self._lock:
+            self._pending -= 1
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def warm_up(self) -> None:
+        """Load the model and run one search, so the first client does not wait for it."""
+        self.index.search("warm up", k=1)
+
+    # --- search --------------------------------------------------------------------------
+
+    def search(self, req: SearchRequest, image: Optional[bytes]) -> Dict[str, Any]:
+        start = time.perf_counter()
+        query = self._query(req, image)
+        hits = self.index.search(query, k=req.k, task=req.task, instruction=req.instruction, filter=req.filter,
+                                 rerank=req.rerank, params=req.params)
+        return {"hits": [json_safe(h.to_dict()) for h in hits], "k": req.k,
+                "took_ms": round(1000 * (time.perf_counter() - start), 3),
+                "query": {"text": req.text, "image": image is not None, "like": req.like, "task": req.task,
+                          "instruction": req.instruction}}
+
+    def _query(self, req: SearchRequest, image: Optional[bytes]) -> Query:
+        if image is not None:
+            return Query(text=req.text or None, image=decode_image(image, self.limits))
+        if req.like is None:
+            return Query(text=req.text)
+        record = self.record(req.like, what="like")
+        picture = self.index.candidate_image(record)
+        if picture is not None:
+            return Query(text=req.text or None, image=picture)
+        if req.text:
+            raise ApiError(400, "bad_request", f"like={req.like!r}: the item has no image to combine with text")
+        if not record.get("text"):
+            raise ApiError(400, "bad_request", f"like={req.like!r}: the item has neither an image nor text")
+        return Query(text=record["text"])
+
+    # --- items ---------------------------------------------------------------------------
+
+    def record(self, item_id: str, what: str = "item") -> Dict[str, Any]:
+        """The live record of an id (404 when unknown or deleted)."""
+        if not 0 < len(item_id) <= self.limits.max_id_chars or not _encodable(item_id):
+            raise ApiError(422, "validation_error", f"{what}: an item id of 1 to {self.limits.max_id_chars} "
+                                                    f"characters of valid Unicode, got {len(item_id)}")
+        record = self.index.get([item_id])[0]
+        if record is None:
+            raise ApiError(404, "not_found", f"{what}: no item with id {item_id[:200]!r} in this index")
+        return record
+
+    def item(self, item_id: str) -> Dict[str, Any]:
+        record = dict(self.record(item_id))
+        return {"id": record.pop("id"), "metadata": json_safe(record)}
+
+    def thumbnail(self, item_id: str) -> Tuple[bytes, str]:
+        """(image bytes, media type): the store's thumbnail, else one made from the item's image."""
+        record = self.record(item_id)
+        store = self.index.view().store
+        data = store.read(lambda s: s.get_thumbnail(item_id)) if store.exists else None
+        if data is None:
+            picture = self.index.candidate_image(record)
+            if picture is None:
+                raise ApiError(404, "not_found", f"item {item_id[:200]!r} has no image")
+            data = make_thumbnail(picture, THUMBNAIL_SIDE)
+        kind = next((t for magic, t in _IMAGE_TYPES if data.startswith(magic)), None)
+        if kind is None:
+            kind = "image/webp" if data[:4] == b"RIFF" and data[8:12] == b"WEBP" else "application/octet-stream"
+        return data, kind
+
+    # --- facts ---------------------------------------------------------------------------
+
+    def info(self) -> Dict[str, Any]:
+        view = self.index.view()
+        m = view.manifest
+        _, deleted = view.store.tombstones()
+        dead = sum(len(d) for d in deleted)
+        return json_safe({
+            "mmsearch": __version__,
+            "index": {"name": self.index.path.name, "rows": m.total_rows, "live": m.total_rows - dead,
+                      "shards": len(m.shards), "faiss": m.faiss.factory, "metric": m.metric,
+                      "search_params": dict(m.faiss.search_params), "columns": list(view.columns),
+                      "candidate_instructions": dict(m.instructions), "updated": m.updated},
+            "model": {"id": m.model.id, "backbone": m.model.backbone, "dim": m.model.dim, "dtype": m.model.dtype,
+                      "pooling": m.model.pooling, "normalized": m.model.normalized},
+            "limits": self.limits.public(), "auth": self.auth})
+
+    def tasks(self) -> List[Dict[str, Any]]:
+        if self._tasks is None:
+            self._tasks = [{"name": t.name, "description": t.description, "source": t.source,
+                            "meta_task": t.meta_task, "query_modality": t.query_modality,
+                            "candidate_modality": t.candidate_modality, "query_instruction": t.query_instruction}
+                           for t in list_tasks()]
+        return self._tasks
