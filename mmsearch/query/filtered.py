@@ -98,9 +98,9 @@ def _postfilter(shard: Shard, xq: np.ndarray, k: int, knobs: SearchParams, allow
 def _complete(shard: Shard, xq: np.ndarray, D: np.ndarray, I: np.ndarray, k: int, knobs: SearchParams,
               allowed: Optional[RowMask], want: int) -> Result:
     """Redo, exhaustively, the queries that came back with fewer than `want` hits."""
-    short = np.flatnonzero((I >= 0).sum(axis=1) < want)
-    if not len(short):
+    if want == 0 or I[:, want - 1].min() >= 0:  # rows are sorted, -1 only at their end
         return D, I
+    short = np.flatnonzero(I[:, want - 1] < 0)
     redo = shard.exhaustive(np.ascontiguousarray(xq[short]), k, knobs,
                             None if allowed is None else allowed.rows)
     if redo is None:  # nothing more this index can do

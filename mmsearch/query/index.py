@@ -38,6 +38,7 @@ from .rerank import RerankContext, make_reranker, parse_rerank
 from .view import IndexView
 
 QUERY_BANK_FILE = "query_bank.npy"
+_CPUS = os.cpu_count() or 1
 
 
 class Index:
@@ -208,19 +209,18 @@ class Index:
             self._cost.observe(time.thread_time() - start, n)
             return result
 
-        threads = self._cost.use_threads(n, len(view.shards))
+        threads = len(view.shards) > 1 and self._cost.use_threads(n, len(view.shards))
         parts = map_shards(self._pool(len(view.shards)) if threads else None, one, range(len(view.shards)))
         D, I = merge_results(parts, width, keep_max)
         return pad_result(D, I, k, keep_max) if width < k else (D, I)
 
     def _pool(self, shards: int) -> Optional[ThreadPoolExecutor]:
-        cpus = os.cpu_count() or 1
-        if shards < 2 or cpus < 2:
+        if shards < 2 or _CPUS < 2:
             return None
         if self._executor is None:
             with self._lock:
                 if self._executor is None:
-                    self._executor = ThreadPoolExecutor(cpus, thread_name_prefix="mmsearch-shard")
+                    self._executor = ThreadPoolExecutor(_CPUS, thread_name_prefix="mmsearch-shard")
         return self._executor
 
     def _chain(self, rerank: Any) -> list:
