@@ -219,6 +219,42 @@ def test_ivf_is_trained_by_the_driver(cluster, tiny_dir, tmp_path):
 
 # --- faults ----------------------------------------------------------------------------------
 
+class _Replayed:
+    """Stands in for the Ray Data pipeline: runs the real decode and encode stages in this
+    process, then delivers every encoded batch twice (the second time re-encoded and
+    staged under a new name, as a retried actor task does), later partitions first."""
+
+    def __init__(self, job):
+        self.job = job
+
+    def iter_batches(self, **_):
+        from mmsearch.indexer.ray_stages import EncodeActor, decode_partition
+
+        job = self.job
+        actor = EncodeActor(job)
+        decoded = [list(decode_partition({"part": p.index}, job)) for p in job.partitions]
+        batches = [{k: np.array([r[k] for r in rows], dtype=object if isinstance(rows[0][k], (str, bytes)) else None)
+                    for k in rows[0]} for rows in decoded]
+        for batch in reversed(batches):
+            yield actor(batch)
+        for batch in batches:
+            yield actor(batch)
+
+
+def test_records_delivered_twice_or_late_count_once(cluster, corpus, local_index, tiny_dir, tmp_path,
+                                                     monkeypatch):
+    from mmsearch.indexer.ray_engine import RayEngine
+
+    monkeypatch.setattr(RayEngine, "_dataset", lambda self, job: _Replayed(job))
+    out = tmp_path / "index"
+    r = build_index([corpus[0]], out, model=str(tiny_dir("qwen2_vl")), engine="ray", partition_size=7, **OPTS)
+    lo, lr = local_index
+    assert (r.read, r.indexed, r.rejected, r.skipped) == (lr.read, lr.indexed, lr.rejected, lr.skipped)
+    assert r.stats["encoded"] == 2 * (len(corpus[1]) + 1)  # every batch was encoded twice ...
+    _assert_same_index(lo, out)                           # ... and indexed once
+    assert _errors(out) == _errors(lo)
+
+
 def _our_processes(marker):
     import psutil
 
@@ -248,7 +284,7 @@ def test_encoder_actor_killed_mid_run(cluster, tiny_dir, tmp_path):
     model = str(tiny_dir("qwen2_vl"))
     out = tmp_path / "ray"
     killed = []
-    killer = threading.Thread(target=_kill_encoder_once, args=(out / ".tmp-ray-staging", killed, time.time() + 120))
+    killer = threading.Thread(target=_kill_encoder_once, args=(out / ".tmp-ray-staging", killed, time.time() + 300))
     killer.start()
     r = build_index([path], out, model=model, engine="ray", partition_size=10, **OPTS)
     killer.join()
@@ -268,7 +304,7 @@ def test_driver_killed_then_rerun_resumes(cluster, tiny_dir, tmp_path):
            "--batch-size", "4", "--max-image-pixels", "40000", "--no-progress", "-q"]
     proc = subprocess.Popen(cmd, env=dict(os.environ, HF_HUB_OFFLINE="1"), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
-    deadline = time.time() + 120
+    deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         if (out / "manifest.json").exists() and read_manifest(out).shards:
             proc.send_signal(signal.SIGKILL)

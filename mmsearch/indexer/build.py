@@ -105,8 +105,9 @@ def build_index(sources, out, model: Optional[str] = None, *, encoder=None, fres
 
     `options` are `BuildSettings` fields (index, shard_size, batch_size, workers, task,
     instruction, memory_budget, max_errors, ...). Rerunning resumes; `fresh=True` starts over.
-    `engine="ray"` runs the same stages on Ray Data (`ray_address`: None starts a local
-    Ray, "auto" or "HOST:PORT" joins a cluster; see docs/ray.md).
+    `engine="ray"` runs the same stages on Ray Data (`ray_address`: "auto" or "HOST:PORT"
+    joins a cluster; None connects as `ray.init()` does, starting a local Ray if there is
+    none; see docs/ray.md).
     """
     settings = BuildSettings(model=model, engine=engine, ray_address=ray_address, **options)
     out = _index_dir(out)

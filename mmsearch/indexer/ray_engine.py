@@ -19,6 +19,7 @@ from the embedding cache, which the driver fills as batches arrive.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import shutil
 from contextlib import contextmanager
@@ -136,8 +137,7 @@ class RayEngine:
         try:
             if not self.writer.ready and not self.writer.plan.needs_training:
                 self.writer.start(None)
-            for batch in self._dataset(ray.put(self._job(cache))).iter_batches(batch_size=None,
-                                                                               batch_format="numpy"):
+            for batch in self._dataset(self._job(cache)).iter_batches(batch_size=None, batch_format="numpy"):
                 coord.feed(batch)
             coord.finish()
         except BaseException:
@@ -185,9 +185,14 @@ class RayEngine:
             return task.remote(out, spec, part, picks, count, first_row, numbers, size, vectors)
         return submit
 
-    def _dataset(self, job_ref):
+    def _dataset(self, job: Job):
+        """Decode tasks get the whole job once, through the object store; the actors only a
+        small copy without the partitions and known ids, passed by value, so that an actor
+        restart never depends on an object in the store."""
         ray = import_ray()
 
+        job_ref = ray.put(job)
+        actor_job = dataclasses.replace(job, partitions=(), known=KnownIds())
         n = len(self.partitions)
         ds = ray.data.from_items([{"part": p.index} for p in self.partitions], override_num_blocks=n)
         # flat_map may change the row count, so Ray Data keeps it a task stage of its own
@@ -196,7 +201,7 @@ class RayEngine:
         chunk = (self.s.batch_size or self.encoder.default_batch_size) * CHUNK_BATCHES
         a = self.actors
         return ds.map_batches(EncodeActor, batch_size=chunk, batch_format="numpy",
-                              fn_constructor_kwargs={"job": job_ref},
+                              fn_constructor_kwargs={"job": actor_job},
                               compute=ray.data.ActorPoolStrategy(size=a.size), num_cpus=a.num_cpus,
                               num_gpus=a.num_gpus)
 
