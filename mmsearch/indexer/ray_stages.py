@@ -178,9 +178,9 @@ class EncodeActor:
         good = [j for j in range(len(items)) if j not in enc.failed]
         name = ""
         if good:
-            rows = [items[j] for j in good]
-            name = write_staged(self.job.index_dir, out["part"][rows], out["ordinal"][rows], [chunk[j] for j in good],
-                                enc.vectors[good], [enc.keys[j] for j in good], [enc.keys[j] in enc.fresh for j in good])
+            rows, keys = [items[j] for j in good], [enc.keys[j] for j in good]
+            name = write_staged(self.job.index_dir, out["part"][rows], out["ordinal"][rows],
+                                [chunk[j] for j in good], enc.vectors[good], keys, [k in enc.fresh for k in keys])
         for j, i in enumerate(items):
             out["kind"][i], out["file"][i] = (OK, name) if j not in enc.failed else (REJECTED, "")
             out["reason"][i] = enc.failed.get(j, "")
