@@ -318,14 +318,14 @@ def test_mined_negatives_never_include_positives(tmp_path, tiny_encoder):
         for s in range(5):
             drawn = miner.sample(i, np.random.default_rng(s))
             assert len(drawn) == 2 and ex.positive not in drawn
-    # the same from an existing mmsearch index of the candidates
-    from mmsearch.train.mining import write_pool_manifest
-
-    write_pool_manifest(data.candidates(), tmp_path / "pool.jsonl")
+    # the same from an existing mmsearch index of the candidates (its own ids, another order)
+    _write_jsonl(tmp_path / "pool.jsonl", [{"id": f"c{j}", "text": s.text} for j, s in
+                                           reversed(list(enumerate(data.candidates())))])
     mmsearch.build_index(tmp_path / "pool.jsonl", tmp_path / "index", encoder=enc, index="Flat", instruction="")
     from_index = Miner.create(MiningSettings(source=str(tmp_path / "index"), k=4), data.examples, [], tmp_path / "m2")
     from_index.refresh(enc, request, step=0)
     assert not (tmp_path / "m2").exists()  # searched the given index directly (same weights)
+    assert from_index.item_ids == [f"c{j}" for j in range(len(COLOURS))][::-1]
     got = [[from_index.pool[j] for j in row] for row in from_index.table]
     assert got == [[miner.pool[j] for j in row] for row in miner.table]
 

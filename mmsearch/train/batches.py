@@ -73,7 +73,6 @@ class Batch:
     candidates: List[Request]
     positives: List[Side]       # keys of the queries' positives
     candidate_keys: List[Side]
-    dropped: int = 0            # examples left out because an image failed to load
 
 
 MinedFn = Callable[[int, np.random.Generator], List[Side]]
@@ -96,7 +95,7 @@ class BatchBuilder:
         return negs + (self.mined(i, rng) if self.mined is not None else [])
 
     def build(self, indices: Sequence[int], rng: np.random.Generator) -> Batch:
-        queries, positives, negatives, keys, neg_keys, dropped = [], [], [], [], [], 0
+        queries, positives, negatives, keys, neg_keys = [], [], [], [], []
         for i in indices:
             i = int(i)
             try:
@@ -104,7 +103,6 @@ class BatchBuilder:
                 q, p = self.request(ex.query), self.request(ex.positive)
                 negs = [(n, self.request(n)) for n in self._negatives(i, rng)]
             except ImageError as e:
-                dropped += 1
                 if i not in self.bad:
                     self.bad.add(i)
                     log.warning("training example %d left out of its batches: %s", i, e)
@@ -114,4 +112,4 @@ class BatchBuilder:
             keys.append(ex.positive)
             negatives += [r for _, r in negs]
             neg_keys += [n for n, _ in negs]
-        return Batch(queries, positives + negatives, keys, keys + neg_keys, dropped)
+        return Batch(queries, positives + negatives, keys, keys + neg_keys)

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -77,19 +78,24 @@ def search_pool(index_dir: Path, encoder, queries: Callable[[int, int], List[Opt
     return out
 
 
-def index_pool(index_dir: Path) -> List[Side]:
-    """The items of an existing index as training candidates (text with the instruction
-    it was embedded with; a rendered page is its image alone)."""
+def index_pool(index_dir: Path) -> Tuple[List[Side], List[str]]:
+    """The items of an existing index as training candidates, with their item ids: text
+    with the instruction it was embedded with (a rendered page is its image alone).
+    Items whose image is not a file on disk are left out."""
     from ..query import open_index
 
+    pool, ids = [], []
     with open_index(index_dir) as index:
-        pool = []
         for r in index.records(list(range(len(index)))):
-            page = "page" in r and "pages" in r and r.get("image")
+            image = r.get("image") or None
+            if image is not None and not os.path.isfile(image):
+                continue
+            page = image is not None and "page" in r and "pages" in r
             instruction = index.manifest.instruction_for("page" if page else r.get("modality") or "")
             text = " ".join(p for p in (instruction, None if page else r.get("text")) if p) or None
-            pool.append(Side(text, r.get("image") or None))
-    return pool
+            pool.append(Side(text, image))
+            ids.append(str(r["id"]))
+    return pool, ids
 
 
 def _or_none(request: Callable[[Side], Request], side: Side) -> Optional[Request]:
@@ -103,9 +109,11 @@ def _or_none(request: Callable[[Side], Request], side: Side) -> Optional[Request
 class Miner:
     """Keeps, per training example, its best-ranked pool candidates that are not its positive."""
 
-    def __init__(self, settings: MiningSettings, examples: Sequence[Example], pool: Sequence[Side], workdir: Path):
+    def __init__(self, settings: MiningSettings, examples: Sequence[Example], pool: Sequence[Side], workdir: Path,
+                 item_ids: Optional[Sequence[str]] = None):
         self.settings, self.examples, self.workdir = settings, examples, workdir
         self.pool = list(pool)
+        self.item_ids = list(item_ids) if item_ids is not None else None  # of the pool in the given index
         where = {s: j for j, s in enumerate(self.pool)}
         self.positive = np.array([where.get(ex.positive, -1) for ex in examples], dtype=np.int64)
         self.itself = np.array([where.get(ex.query, -1) for ex in examples], dtype=np.int64)
@@ -115,8 +123,10 @@ class Miner:
     @classmethod
     def create(cls, settings: MiningSettings, examples: Sequence[Example], candidates: Sequence[Side],
                workdir: Path) -> "Miner":
-        pool = candidates if settings.source == "auto" else index_pool(Path(settings.source))
-        return cls(settings, examples, pool, workdir)
+        if settings.source == "auto":
+            return cls(settings, examples, candidates, workdir)
+        pool, ids = index_pool(Path(settings.source))
+        return cls(settings, examples, pool, workdir, item_ids=ids)
 
     def due(self, step: int) -> bool:
         every = self.settings.every
@@ -126,25 +136,26 @@ class Miner:
         """Re-mine with `encoder` (in eval mode, no grad)."""
         t0 = time.perf_counter()
         extra = 2  # the positive and the query itself may take a slot each
-        hits = search_pool(self._index(encoder), encoder,
-                           lambda a, b: [_or_none(request, ex.query) for ex in self.examples[a:b]],
-                           len(self.examples), self.settings.k + extra, {str(j): j for j in range(len(self.pool))})
+        index_dir, ids = self._index(encoder)
+        hits = search_pool(index_dir, encoder, lambda a, b: [_or_none(request, ex.query) for ex in self.examples[a:b]],
+                           len(self.examples), self.settings.k + extra, {i: j for j, i in enumerate(ids)})
         self.table = self.filter(hits)
         self.mined_at = step
         found = float((self.table >= 0).sum(axis=1).mean())
         return {"step": step, "event": "mine", "pool": len(self.pool), "negatives_per_query": round(found, 2),
                 "seconds": round(time.perf_counter() - t0, 3)}
 
-    def _index(self, encoder) -> Path:
-        if self.settings.source != "auto" and self.mined_at is None:
+    def _index(self, encoder) -> Tuple[Path, List[str]]:
+        """The index to search and the item id of each pool position in it."""
+        if self.item_ids is not None and self.mined_at is None:
             from ..query import open_index
 
             try:
                 open_index(self.settings.source, encoder=encoder).close()
-                return Path(self.settings.source)
+                return Path(self.settings.source), self.item_ids
             except IndexMismatchError:
                 log.info("mining: %s was built with other weights; re-indexing its items", self.settings.source)
-        return build_pool_index(encoder, self.pool, self.workdir)
+        return build_pool_index(encoder, self.pool, self.workdir), [str(j) for j in range(len(self.pool))]
 
     def filter(self, hits: np.ndarray) -> np.ndarray:
         """Drop each row's positive and the query itself, keep the first k others."""

@@ -71,6 +71,9 @@ def train(settings: TrainSettings) -> TrainResult:
 
 
 class Trainer:
+    """The training loop. `train()` is the entry point (it seeds and restores the RNG);
+    build a Trainer directly to keep the trained encoder (`.encoder`) after `run()`."""
+
     def __init__(self, settings: TrainSettings):
         s = self.settings = settings
         self.out = Path(s.out)
@@ -91,7 +94,7 @@ class Trainer:
         self.builder = BatchBuilder(self.data.examples, ImageCache(s.image_cache_mb << 20, s.max_image_pixels),
                                     s.data_negatives, self.miner.sample if self.miner else None)
         self.autocast = autocast_for(self.encoder.device, s.precision)
-        self.step, self.last_loss, self.sequences, self.busy = 0, None, 0, 0.0
+        self.step, self.last_loss, self.sequences = 0, None, 0
         if state is not None:
             self._restore(state)
 
