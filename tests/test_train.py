@@ -3,6 +3,7 @@
 Tiny models (tests/conftest.py) and a tiny dataset of flat-colour images with
 captions, edits and questions written here in the MMEB-train layout.
 """
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -238,6 +239,9 @@ def test_lora_adapter_export_loads(tmp_path, tiny_dir, data_dir):
     loaded = mmsearch.load_encoder(out, device="cpu")
     items = [mmsearch.Item(id="a", text="A blue picture."), mmsearch.Item(id="b", image=str(data_dir / "img/blue.png"))]
     np.testing.assert_allclose(loaded.encode(items), trainer.encoder.encode(items), atol=1e-5)
+    # a new run into the same folder replaces the export (no stale adapter beside merged weights)
+    train(dataclasses.replace(settings, save_adapter=False, lora=None, max_steps=1))
+    assert (out / "model.safetensors").is_file() and not (out / "adapter_config.json").exists()
 
 
 def _weights(path):

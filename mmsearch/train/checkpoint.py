@@ -26,6 +26,8 @@ CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.pt"
 CARD_FILE = "mmsearch_train.json"
 PREFIX = "step-"
+EXPORT_PATTERNS = ("model*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin", "adapter_model.*",
+                   "adapter_config.json", "config.json", "generation_config.json")
 
 
 def checkpoint_dir(out: Path, step: int) -> Path:
@@ -68,6 +70,7 @@ def export_model(model, out: Path, save_adapter: bool, base: Optional[str], card
     from .init import copy_processor_files
 
     out.mkdir(parents=True, exist_ok=True)
+    _remove_export(out)
     if save_adapter:
         model.peft_model.peft_config["default"].base_model_name_or_path = base
         model.peft_model.save_pretrained(str(out))
@@ -78,6 +81,14 @@ def export_model(model, out: Path, save_adapter: bool, base: Optional[str], card
     copy_processor_files(model.encoder.processor_dir, out)
     (out / CARD_FILE).write_text(json.dumps(card, indent=2, default=str) + "\n", encoding="utf-8")
     return out
+
+
+def _remove_export(out: Path) -> None:
+    """Weights and configs of an earlier export, so a merged and an adapter export never mix."""
+    for pattern in EXPORT_PATTERNS:
+        for f in out.glob(pattern):
+            if f.is_file():
+                f.unlink()
 
 
 def base_reference(model: str) -> str:

@@ -9,6 +9,7 @@ under bf16 autocast, as the reference trains.
 from __future__ import annotations
 
 import contextlib
+import shutil
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -42,14 +43,16 @@ class TrainableModel:
         self.module.eval()
 
 
-def starting_checkpoint(settings: TrainSettings, out: Path, texts: Callable) -> str:
+def starting_checkpoint(settings: TrainSettings, out: Path, texts: Callable, resuming: bool) -> str:
     """The checkpoint to load: the given model, or a random one written to OUT/init
-    (kept across resumes; `texts()` feeds the scratch tokenizer)."""
+    (reused when resuming, rebuilt otherwise; `texts()` feeds the scratch tokenizer)."""
     from .init import build_scratch, init_from_config
 
     init = out / INIT_DIR
     if settings.scratch is None and settings.init == "pretrained":
         return settings.model
+    if not resuming:
+        shutil.rmtree(init, ignore_errors=True)
     if not (init / "config.json").is_file():
         if settings.scratch is not None:
             build_scratch(settings.scratch, texts(), init, settings.seed)

@@ -1,13 +1,13 @@
 """Settings of a training run, as frozen dataclasses built by the CLI (or by callers).
 
 Defaults follow VLM2Vec (InfoNCE at temperature 0.02, LoRA rank 8 on the language
-model's projections); `TrainSettings.validate` checks every field and names the
+model's projections). Each dataclass checks its fields when built and names the
 valid options in its errors.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Optional, Tuple, Union
 
 from ..errors import InputError
@@ -42,7 +42,7 @@ class LoraSettings:
     """peft LoRA (or DoRA) on `target_modules` (a regex over module names, or a list of names)."""
 
     rank: int = 8
-    alpha: int = 16
+    alpha: float = 16
     dropout: float = 0.05
     dora: bool = False
     target_modules: Union[str, Tuple[str, ...]] = DEFAULT_LORA_TARGETS
@@ -142,7 +142,6 @@ class TrainSettings:
     show_progress: bool = False
     max_image_pixels: Optional[int] = 89_478_485
     image_cache_mb: int = 512             # decoded training images kept in memory
-    extra: dict = field(default_factory=dict)  # recorded in the output's training card
 
     def __post_init__(self) -> None:
         if isinstance(self.data, str) or not self.data:

@@ -81,7 +81,7 @@ class Trainer:
         state = self._resume_state()
         self.data = read_train_data(s.data, s.image_root, s.data_negatives)
         self._write_rejections()
-        self.model = build_model(s, starting_checkpoint(s, self.out, self.data.texts))
+        self.model = build_model(s, starting_checkpoint(s, self.out, self.data.texts, resuming=state is not None))
         self.encoder = self.model.encoder
         self.temperature = Temperature(s.temperature, s.learn_temperature).to(self.encoder.device)
         self.order = DataOrder(len(self.data.examples), s.batch_size, s.seed)
