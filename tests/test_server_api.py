@@ -233,17 +233,25 @@ def test_concurrent_searches_are_consistent(index_path, encoder, index):
     assert errors == []
 
 
+class SlowIndex:
+    """The index, with searches that wait for `gate` first."""
+
+    def __init__(self, index):
+        self._index, self.gate, self.calls = index, threading.Event(), []
+
+    def search(self, queries, **kwargs):
+        self.calls.append(len(queries))
+        self.gate.wait(10)
+        return self._index.search(queries, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._index, name)
+
+
 def test_timeout_and_busy(index_path, encoder):
     app = create_app(index_path, encoder=encoder, limits=Limits(search_timeout=0.3, threads=1, max_pending=1))
     service = app.state.service
-    real = service.search
-    gate = threading.Event()
-
-    def slow(req, image):
-        gate.wait(5)
-        return real(req, image)
-
-    service.search = slow
+    real, service.index = service.index, SlowIndex(service.index)
     with ThreadServer(app) as server, httpx.Client(base_url=server.url, timeout=30) as c:
         answers = []
         t = threading.Thread(target=lambda: answers.append(c.post("/search", json={"text": "slow"})))
@@ -255,12 +263,71 @@ def test_timeout_and_busy(index_path, encoder):
         t.join()
         assert answers[0].status_code == 504 and answers[0].json()["error"] == "timeout"
         assert c.get("/healthz").status_code == 200
-        gate.set()
+        service.index.gate.set()
         deadline = time.monotonic() + 10
         while service.pending and time.monotonic() < deadline:  # the abandoned search ends, freeing its slot
             time.sleep(0.02)
-        service.search = real
+        service.index = real
         assert c.post("/search", json={"text": "after"}).status_code == 200
+
+
+def test_waiting_searches_are_batched(index_path, encoder, index):
+    """Searches queued behind a busy worker run as one batch per set of arguments, and
+    each still gets exactly its own answer."""
+    app = create_app(index_path, encoder=encoder, limits=Limits(threads=1, max_batch=4))
+    service = app.state.service
+    service.index = slow = SlowIndex(service.index)
+    bodies = [{"text": f"a {c} ring", "k": 5} for c in COLOURS] + [{"text": "a red ring", "k": 3}] * 2
+    with ThreadServer(app) as server, httpx.Client(base_url=server.url, timeout=60) as c:
+        first = threading.Thread(target=lambda: c.post("/search", json={"text": "first"}))
+        first.start()
+        while not slow.calls:
+            time.sleep(0.01)
+        answers = {}
+        threads = [threading.Thread(target=lambda i=i, b=b: answers.__setitem__(i, c.post("/search", json=b)))
+                   for i, b in enumerate(bodies)]
+        for t in threads:
+            t.start()
+        while service._batcher.waiting < len(bodies):
+            time.sleep(0.01)
+        slow.gate.set()
+        for t in threads + [first]:
+            t.join()
+    assert sorted(slow.calls) == [1, 1, 2, 4]  # the first alone; 5 texts with k=5 as 4 + 1; the k=3 pair
+    for i, body in enumerate(bodies):
+        assert [h["id"] for h in answers[i].json()["hits"]] == [h.id for h in index.search(body["text"], k=body["k"])]
+
+
+def test_batcher_retries_a_failed_batch_one_by_one():
+    from mmsearch.server.batching import Batcher, SearchArgs
+    from mmsearch.server.schemas import SearchRequest
+
+    calls, gate = [], threading.Event()
+
+    def run(args, queries):
+        calls.append([q.text for q in queries])
+        gate.wait(10)
+        if "bad" in [q.text for q in queries]:
+            raise InputError("bad query")
+        return [q.text.upper() for q in queries]
+
+    batcher = Batcher(run, threads=1, max_batch=8)
+    try:
+        args = SearchArgs.of(SearchRequest(text="x", k=3))
+        futures = [batcher.submit(args, Query(text=t)) for t in ("first", "a", "bad", "b")]
+        gate.set()
+        assert futures[0].result(10) == "FIRST" and futures[1].result(10) == "A" and futures[3].result(10) == "B"
+        with pytest.raises(InputError, match="bad query"):
+            futures[2].result(10)
+        assert calls[0] == ["first"] or calls[0] == ["first", "a", "bad", "b"]
+        assert sum(1 for c in calls if c == ["bad"]) == 1
+        assert SearchArgs.of(SearchRequest(text="x", k=3, rerank="Refine")) == \
+            SearchArgs.of(SearchRequest(text="y", k=3, rerank=["refine"]))
+        assert SearchArgs.of(SearchRequest(text="x", k=3)) != SearchArgs.of(SearchRequest(text="x", k=4))
+    finally:
+        batcher.close()
+    with pytest.raises(RuntimeError):
+        batcher.submit(args, Query(text="late"))
 
 
 def test_openapi_docs_and_ui_assets(client):

@@ -1,4 +1,4 @@
-"""Reading a search request: a JSON body or a multipart form, to a checked
+"""Reading a search request: a JSON body or a form (multipart or urlencoded), to a checked
 `SearchRequest` and the query image's bytes.
 
 A query image only ever arrives as bytes (base64 in JSON, a file part in a form):
@@ -25,6 +25,7 @@ from .errors import ApiError
 from .schemas import SearchRequest
 from .settings import Limits
 
+FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 JSON_FIELDS = ("filter", "params", "rerank")  # multipart: given as JSON text (rerank may be plain text)
 FORM_FIELDS = tuple(SearchRequest.model_fields)
 _B64_HINT = ("send the image file's bytes base64-encoded, or as a data: URL (data:image/png;base64,...); "
@@ -41,12 +42,12 @@ async def read_search(request: Request, limits: Limits) -> Tuple[SearchRequest, 
     if kind == "application/json" or kind.endswith("+json"):
         req = validate(parse_json(await request.body()))
         image = decode_base64(req.image, limits) if req.image is not None else None
-    elif kind == "multipart/form-data":
+    elif kind in FORM_TYPES:
         req, image = await _read_form(request, limits)
     else:
         raise ApiError(415, "unsupported_media_type",
                        f"Content-Type {kind or '(none)'!r} is not accepted; send application/json or "
-                       f"multipart/form-data")
+                       f"multipart/form-data (or application/x-www-form-urlencoded without an image file)")
     check_limits(req, limits)
     if image is None and not req.text and req.like is None:
         raise ApiError(400, "bad_request", "nothing to search for: give text, image, like (an item id), "

@@ -53,7 +53,7 @@ def api_router(service: SearchService, require_key) -> APIRouter:
                   summary="search with text, an image (base64 or upload), an item ('more like this') or both")
     async def search(request: Request) -> JSONResponse:
         req, image = await read_search(request, service.limits)
-        result = await service.run(service.search, req, image)
+        result = await service.search(req, image)
         for hit in result["hits"]:
             hit["thumbnail"] = thumbnail_url(request, hit["id"])
         return JSONResponse(result)

@@ -22,7 +22,7 @@ class SearchRequest(BaseModel):
     like: Optional[str] = Field(None, description="'more like this': an item id; its image (or text) is the query")
     task: Optional[str] = Field(None, description="task name choosing the query instruction (GET /tasks)")
     instruction: Optional[str] = Field(None, description="query instruction, verbatim (instead of task)")
-    k: int = Field(10, ge=1, description="number of hits (at most limits.max_k, see GET /info)")
+    k: int = Field(10, ge=1, strict=True, description="number of hits (at most limits.max_k, see GET /info)")
     filter: Optional[Dict[str, Any]] = Field(None, description='metadata filter, e.g. {"modality": "image", '
                                                                '"year": {"gte": 2000}}')
     rerank: Optional[Union[str, List[str]]] = Field(None, description='rerankers: "refine", "hubness", "vlm", '

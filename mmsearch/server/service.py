@@ -1,16 +1,20 @@
 """`SearchService`: what the routes ask of an open `Index`.
 
-Searches run in a thread pool of `limits.threads` (the index is thread-safe), at most
-`limits.max_pending` running or queued (then 503), each awaited for at most
-`limits.search_timeout` seconds (then 504). Everything here only reads the index.
+Searches run on `limits.threads` worker threads (the index is thread-safe), batched
+with others of the same arguments (`batching.Batcher`); at most `limits.max_pending`
+are admitted at once (then 503), each awaited for at most `limits.search_timeout`
+seconds (then 504). Query images are decoded on Starlette's thread pool, item and
+thumbnail reads run there too. Everything here only reads the index.
 """
 from __future__ import annotations
 
 import asyncio
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
+from concurrent.futures import Future
+from typing import Any, Dict, List, Optional, Tuple
+
+from starlette.concurrency import run_in_threadpool
 
 from mmsearch._version import __version__
 from mmsearch.images import make_thumbnail
@@ -18,12 +22,12 @@ from mmsearch.query import Index
 from mmsearch.tasks import list_tasks
 from mmsearch.types import Query
 
+from .batching import Batcher, SearchArgs
 from .errors import ApiError
 from .inputs import decode_image
 from .schemas import SearchRequest, json_safe
 from .settings import Limits
 
-T = TypeVar("T")
 THUMBNAIL_SIDE = 256
 _IMAGE_TYPES = ((b"\xff\xd8\xff", "image/jpeg"), (b"\x89PNG\r\n\x1a\n", "image/png"), (b"GIF8", "image/gif"))
 
@@ -39,59 +43,67 @@ def _encodable(text: str) -> bool:
 class SearchService:
     def __init__(self, index: Index, limits: Limits, auth: bool = False):
         self.index, self.limits, self.auth = index, limits, auth
-        self._pool = ThreadPoolExecutor(limits.threads, thread_name_prefix="mmsearch-serve")
+        self._batcher = Batcher(self._search_many, limits.threads, limits.max_batch)
         self._lock = threading.Lock()
         self._pending = 0
         self._tasks: Optional[List[Dict[str, Any]]] = None
 
-    # --- running work --------------------------------------------------------------------
+    # --- search --------------------------------------------------------------------------
 
     @property
     def pending(self) -> int:
+        """Searches admitted and not finished (queued, running, or abandoned by a timeout)."""
         return self._pending
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """fn(*args) in the search pool, admitted only below max_pending, awaited at most
-        search_timeout seconds."""
+    async def search(self, req: SearchRequest, image: Optional[bytes]) -> Dict[str, Any]:
+        """Admit (503 beyond max_pending), build the query off the event loop, queue it for
+        the batcher, and wait at most search_timeout seconds in all (then 504)."""
+        start = time.perf_counter()
+        self._admit()
+        try:
+            query = await run_in_threadpool(self._query, req, image)
+            future = self._submit(SearchArgs.of(req), query)
+        except BaseException:
+            self._release()
+            raise
+        future.add_done_callback(self._release)
+        left = self.limits.search_timeout - (time.perf_counter() - start)
+        try:
+            hits = await asyncio.wait_for(asyncio.wrap_future(future), max(left, 0.001))
+        except asyncio.TimeoutError:
+            raise ApiError(504, "timeout", f"the search did not finish within {self.limits.search_timeout:g} s "
+                                           f"(search_timeout)") from None
+        return {"hits": [json_safe(h.to_dict()) for h in hits], "k": req.k,
+                "took_ms": round(1000 * (time.perf_counter() - start), 3),
+                "query": {"text": req.text, "image": image is not None, "like": req.like, "task": req.task,
+                          "instruction": req.instruction}}
+
+    def _submit(self, args: SearchArgs, query: Query) -> Future:
+        try:
+            return self._batcher.submit(args, query)
+        except RuntimeError:
+            raise ApiError(503, "busy", "the server is shutting down") from None
+
+    def _search_many(self, args: SearchArgs, queries: List[Query]) -> List[list]:
+        return self.index.search(list(queries), **args.kwargs())
+
+    def _admit(self) -> None:
         with self._lock:
             if self._pending >= self.limits.max_pending:
                 raise ApiError(503, "busy", f"{self._pending} searches are running or queued (max_pending); "
                                             "retry shortly", headers={"retry-after": "1"})
             self._pending += 1
-        try:
-            future = self._pool.submit(fn, *args)
-        except RuntimeError:
-            self._release()
-            raise ApiError(503, "busy", "the server is shutting down") from None
-        future.add_done_callback(self._release)
-        try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), self.limits.search_timeout)
-        except asyncio.TimeoutError:
-            raise ApiError(504, "timeout", f"the search did not finish within {self.limits.search_timeout:g} s "
-                                           f"(search_timeout)") from None
 
     def _release(self, _: Optional[Future] = None) -> None:
         with self._lock:
             self._pending -= 1
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._batcher.close()
 
     def warm_up(self) -> None:
         """Load the model and run one search, so the first client does not wait for it."""
         self.index.search("warm up", k=1)
-
-    # --- search --------------------------------------------------------------------------
-
-    def search(self, req: SearchRequest, image: Optional[bytes]) -> Dict[str, Any]:
-        start = time.perf_counter()
-        query = self._query(req, image)
-        hits = self.index.search(query, k=req.k, task=req.task, instruction=req.instruction, filter=req.filter,
-                                 rerank=req.rerank, params=req.params)
-        return {"hits": [json_safe(h.to_dict()) for h in hits], "k": req.k,
-                "took_ms": round(1000 * (time.perf_counter() - start), 3),
-                "query": {"text": req.text, "image": image is not None, "like": req.like, "task": req.task,
-                          "instruction": req.instruction}}
 
     def _query(self, req: SearchRequest, image: Optional[bytes]) -> Query:
         if image is not None:

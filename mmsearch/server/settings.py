@@ -14,7 +14,7 @@ MiB = 1 << 20
 LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
 MIN_API_KEY_CHARS = 16
 _INT_LIMITS = ("max_body_bytes", "max_image_bytes", "max_image_pixels", "max_k", "max_text_chars",
-               "max_id_chars", "max_pending", "threads", "max_ef_search")
+               "max_id_chars", "max_pending", "threads", "max_batch", "max_ef_search")
 _POSITIVE_FLOATS = ("search_timeout", "body_timeout", "max_k_factor")
 
 
@@ -30,7 +30,9 @@ class Limits:
     `search_timeout`: seconds a search may take before the client gets 504 (the work
     itself cannot be interrupted; it finishes in the background, holding its slot).
     `body_timeout`: seconds to wait for each chunk of a request body (slow clients: 408).
-    `threads`: searches run at once (a thread pool; the index is thread-safe).
+    `threads`: searches run at once (worker threads; the index is thread-safe).
+    `max_batch`: waiting searches with equal arguments run together as one batch of at
+    most this many queries (the model embeds a batch for little more than one query).
     `max_pending`: searches running or queued; beyond that the server answers 503.
     `rerankers`: the reranker names clients may ask for.
     `max_ef_search` / `max_k_factor`: caps on the per-call search knobs.
@@ -45,6 +47,7 @@ class Limits:
     search_timeout: float = 30.0
     body_timeout: float = 15.0
     threads: int = 2
+    max_batch: int = 16
     max_pending: int = 64
     rerankers: Tuple[str, ...] = RERANKERS
     max_ef_search: int = 4096

@@ -188,7 +188,7 @@ function card(hit) {
   node.querySelector(".score").textContent = hit.score.toFixed(4);
   node.querySelector(".badge").textContent = meta.modality || "";
   node.querySelector(".id").textContent = hit.id;
-  node.querySelector(".caption").textContent = meta.text || "";
+  node.querySelector(".caption").textContent = hasImage ? meta.text || "" : "";  // text items show it above
   const dl = node.querySelector("dl");
   for (const [key, value] of Object.entries(meta)) {
     if (key === "text" || value === null || value === "") continue;
