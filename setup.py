@@ -45,7 +45,8 @@ EXTRAS = {
     "train": ["accelerate>=0.30"],
     # peers measured side by side in benchmarks/ (not needed by the library)
     "bench": ["hnswlib>=0.8", "usearch>=2", "lancedb>=0.10"],
-    "dev": ["pytest>=8", "tokenizers>=0.19", "pandas>=2", "duckdb>=1", "pytrec-eval-terrier>=0.5"],
+    "dev": ["pytest>=8", "tokenizers>=0.19", "pandas>=2", "duckdb>=1", "pytrec-eval-terrier>=0.5",
+            "ray[data]>=2.30"],
 }
 EXTRAS["all"] = sorted({r for k in ("server", "ray", "train", "dev") for r in EXTRAS[k]})
 
