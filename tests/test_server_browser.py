@@ -3,6 +3,8 @@ type a query, upload an image, drop one, pick a task, "more like this", an error
 time the cards show what the API answers. Screenshots go to the test's tmp dir (and to
 $MMSEARCH_UI_SCREENSHOT when set, e.g. docs/ui.png)."""
 import base64
+import io
+import json
 import os
 import shutil
 from pathlib import Path
@@ -146,3 +148,20 @@ def test_metadata_shown_as_text_not_html(server, page):
     first.locator("summary").click()
     assert "shape" in first.locator("dl").inner_text() or "modality" in first.locator("dl").inner_text()
     assert page.evaluate("() => document.querySelectorAll('#results script, #results [onerror]').length") == 0
+
+
+def test_large_photo_is_scaled_down_before_upload(server, page, tmp_path):
+    from PIL import Image
+
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (3000, 1000), (30, 120, 200)).save(photo)
+    page.goto(server.url + "/")
+    requests = []
+    page.on("request", lambda r: requests.append(r.post_data or "") if r.url.endswith("/search") else None)
+    page.set_input_files("#file", str(photo))
+    page.wait_for_selector("#preview[src^='data:image/jpeg']")
+    assert "sent as 2048×683" in page.text_content("#preview-label")
+    run_search(page, lambda: page.click("#go"))
+    assert page.text_content("#status").startswith("20 results")
+    image = base64.b64decode(json.loads(requests[-1])["image"].split(",", 1)[1])
+    assert Image.open(io.BytesIO(image)).size == (2048, 683)

@@ -163,6 +163,7 @@ def test_malformed_json(client, body):
     ({"text": "x", "filter": {"n": {"$where": "1"}}}, 400), ({"text": "x", "filter": {"n": "abc"}}, 400),
     ({"text": "x", "rerank": "vlm"}, 422), ({"text": "x", "rerank": ["evil"]}, 422), ({"text": "x", "rerank": 5}, 422),
     ({"text": "x", "params": {"nprobe": -1}}, 400), ({"text": "x", "params": {"efSearch": 10**9}}, 422),
+    ({"text": "x", "params": {"ef_search": 10**9}}, 422), ({"text": "x", "task": "t" * 1000}, 422),
     ({"text": "x", "params": {"evil": 1}}, 400), ({"text": "x", "params": {"nprobe": "a"}}, 422),
     ({"text": "x", "task": "../../etc/passwd"}, 400), ({"text": "x", "task": "t2i", "instruction": "y"}, 400),
     ({"text": "x", "instruction": 7}, 422), ({"like": "x" * 5000}, 422), ({}, 400), ({"text": ""}, 400),

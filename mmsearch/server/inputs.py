@@ -28,6 +28,7 @@ from .settings import Limits
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 JSON_FIELDS = ("filter", "params", "rerank")  # multipart: given as JSON text (rerank may be plain text)
 FORM_FIELDS = tuple(SearchRequest.model_fields)
+MAX_TASK_CHARS = 200
 _B64_HINT = ("send the image file's bytes base64-encoded, or as a data: URL (data:image/png;base64,...); "
              "file paths and URLs are not accepted")
 
@@ -97,10 +98,12 @@ def check_limits(req: SearchRequest, limits: Limits) -> None:
     if req.like is not None and not 0 < len(req.like) <= limits.max_id_chars:
         problems.append(f"like: an item id of 1 to {limits.max_id_chars} characters, got {len(req.like)}")
     problems += _rerank_problems(req.rerank, limits)
+    if req.task is not None and len(req.task) > MAX_TASK_CHARS:
+        problems.append(f"task: a task name (GET /tasks) of at most {MAX_TASK_CHARS} characters")
     params = req.params or {}
-    if params.get("efSearch", params.get("ef_search", 0)) > limits.max_ef_search:
+    if max(params.get(n, 0) for n in ("efSearch", "ef_search", "efsearch")) > limits.max_ef_search:
         problems.append(f"params.efSearch exceeds the limit of {limits.max_ef_search}")
-    if params.get("k_factor", 0) > limits.max_k_factor:
+    if max(params.get(n, 0) for n in ("k_factor", "kfactor")) > limits.max_k_factor:
         problems.append(f"params.k_factor exceeds the limit of {limits.max_k_factor:g}")
     if problems:
         raise ApiError(422, "validation_error", "; ".join(problems))

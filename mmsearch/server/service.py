@@ -3,8 +3,8 @@
 Searches run on `limits.threads` worker threads (the index is thread-safe), batched
 with others of the same arguments (`batching.Batcher`); at most `limits.max_pending`
 are admitted at once (then 503), each awaited for at most `limits.search_timeout`
-seconds (then 504). Query images are decoded on Starlette's thread pool, item and
-thumbnail reads run there too. Everything here only reads the index.
+seconds (then 504). Query images are decoded on Starlette's thread pool, at most
+`limits.threads` at once; item and thumbnail reads run there too. Everything here only reads the index.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import time
 from concurrent.futures import Future
 from typing import Any, Dict, List, Optional, Tuple
 
-from starlette.concurrency import run_in_threadpool
+from anyio import CapacityLimiter, to_thread
 
 from mmsearch._version import __version__
 from mmsearch.images import make_thumbnail
@@ -47,6 +47,7 @@ class SearchService:
         self._lock = threading.Lock()
         self._pending = 0
         self._tasks: Optional[List[Dict[str, Any]]] = None
+        self._decode_limiter: Optional[Tuple[asyncio.AbstractEventLoop, CapacityLimiter]] = None
 
     # --- search --------------------------------------------------------------------------
 
@@ -61,7 +62,7 @@ class SearchService:
         start = time.perf_counter()
         self._admit()
         try:
-            query = await run_in_threadpool(self._query, req, image)
+            query = await to_thread.run_sync(self._query, req, image, limiter=self._decoders())
             future = self._submit(SearchArgs.of(req), query)
         except BaseException:
             self._release()
@@ -77,6 +78,13 @@ class SearchService:
                 "took_ms": round(1000 * (time.perf_counter() - start), 3),
                 "query": {"text": req.text, "image": image is not None, "like": req.like, "task": req.task,
                           "instruction": req.instruction}}
+
+    def _decoders(self) -> CapacityLimiter:
+        """Bounds the query images decoded at once (each may take max_image_pixels * 3 bytes)."""
+        loop = asyncio.get_running_loop()
+        if self._decode_limiter is None or self._decode_limiter[0] is not loop:  # one per event loop
+            self._decode_limiter = (loop, CapacityLimiter(self.limits.threads))
+        return self._decode_limiter[1]
 
     def _submit(self, args: SearchArgs, query: Query) -> Future:
         try:

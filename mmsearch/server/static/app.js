@@ -83,16 +83,37 @@ function setImage(file) {
     return;
   }
   const reader = new FileReader();
-  reader.onload = () => {
-    state.image = reader.result;
+  reader.onload = async () => {
+    const { url, note } = await shrink(reader.result);
+    state.image = url;
     state.imageName = file.name || "pasted image";
     state.like = null;
-    $("preview").src = reader.result;
-    $("preview-label").textContent = `${state.imageName} (${Math.round(file.size / 1024)} KB)`;
+    $("preview").src = url;
+    $("preview-label").textContent = `${state.imageName} (${Math.round(file.size / 1024)} KB${note})`;
     $("drop-empty").hidden = true;
     $("drop-full").hidden = false;
   };
   reader.readAsDataURL(file);
+}
+
+// A photo larger than MAX_SIDE is scaled down before upload: the model sees far fewer pixels anyway.
+const MAX_SIDE = 2048;
+
+async function shrink(dataUrl) {
+  const img = new Image();
+  try {
+    img.src = dataUrl;
+    await img.decode();
+  } catch (e) {
+    return { url: dataUrl, note: "" };  // let the server name what is wrong with it
+  }
+  const scale = MAX_SIDE / Math.max(img.naturalWidth, img.naturalHeight);
+  if (scale >= 1) return { url: dataUrl, note: "" };
+  const canvas = document.createElement("canvas");
+  canvas.width = Math.round(img.naturalWidth * scale);
+  canvas.height = Math.round(img.naturalHeight * scale);
+  canvas.getContext("2d").drawImage(img, 0, 0, canvas.width, canvas.height);
+  return { url: canvas.toDataURL("image/jpeg", 0.92), note: `, sent as ${canvas.width}×${canvas.height}` };
 }
 
 function clearImage() {
