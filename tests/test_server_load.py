@@ -88,7 +88,8 @@ def summary(latencies, errors, elapsed):
             "by_kind": {kind: stats(values) for kind, values in sorted(latencies.items())},
             "setup": {"server": "mmsearch serve (1 process, 2 search threads), tiny Qwen2-VL (hidden 64), "
                                 "28 items in 3 Flat shards, CPU", "client": "httpx.AsyncClient, same machine",
-                      "cpus": os.cpu_count(), "python": platform.python_version()}}
+                      "cpus": os.cpu_count(), "load_average_1min": round(os.getloadavg()[0], 2),
+                      "python": platform.python_version()}}
 
 
 def test_load_on_loopback(tmp_path_factory, tiny_dir, tmp_path):
