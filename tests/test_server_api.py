@@ -53,7 +53,7 @@ def assert_same_hits(answer, hits):
     assert [h["id"] for h in got] == [h.id for h in hits]
     assert [h["rank"] for h in got] == [h.rank for h in hits]
     assert [h["score"] for h in got] == pytest.approx([h.score for h in hits], abs=1e-6)
-    for h, want in zip(got, hits):
+    for h, want in zip(got, hits, strict=True):
         assert h["row"] == want.row and h["shard"] == want.shard
         assert {k: v for k, v in h["metadata"].items()} == dict(want.metadata)
 

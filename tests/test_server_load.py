@@ -14,7 +14,6 @@ from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
-import pytest
 
 from test_server_support import COLOURS, SHAPES, TEXTS, ServerProcess, b64_png, draw, require_server_deps, shared_index
 

@@ -115,7 +115,9 @@ class Batcher:
 
     def _execute(self, args: SearchArgs, jobs: List[Job]) -> None:
         try:
-            results = self._run(args, [query for query, _ in jobs])
+            results = list(self._run(args, [query for query, _ in jobs]))
+            if len(results) != len(jobs):
+                raise RuntimeError(f"a batch of {len(jobs)} searches gave {len(results)} results")
         except Exception as e:
             if len(jobs) == 1:
                 jobs[0][1].set_exception(e)
@@ -123,5 +125,5 @@ class Batcher:
             for job in jobs:
                 self._execute(args, [job])
             return
-        for (_, future), result in zip(jobs, results):
+        for (_, future), result in zip(jobs, results, strict=True):
             future.set_result(result)

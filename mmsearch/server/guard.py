@@ -6,8 +6,8 @@ the limit is answered 413 before the body is read (a body of moderate size is re
 and dropped first, so ordinary clients see the answer instead of a reset
 connection); a streamed body is counted as it arrives; each chunk must come within
 `body_timeout` seconds. With `allowed_hosts` (a server on localhost without a key),
-other Host headers are refused, which defeats DNS rebinding. Every response gets headers that stop MIME sniffing,
-framing and referrer leaks.
+other Host headers are refused, which defeats DNS rebinding. Every response gets
+headers that stop MIME sniffing, framing and referrer leaks.
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ class BodyTimeout(ApiError):
 
 
 class Guard:
-    """ASGI middleware: body limits and security headers."""
+    """ASGI middleware: the Host allow-list, body limits, security headers."""
 
     def __init__(self, app: ASGIApp, max_body_bytes: int, body_timeout: float,
                  allowed_hosts: Optional[Sequence[str]] = None):

@@ -4,7 +4,8 @@ Searches run on `limits.threads` worker threads (the index is thread-safe), batc
 with others of the same arguments (`batching.Batcher`); at most `limits.max_pending`
 are admitted at once (then 503), each awaited for at most `limits.search_timeout`
 seconds (then 504). Query images are decoded on Starlette's thread pool, at most
-`limits.threads` at once; item and thumbnail reads run there too. Everything here only reads the index.
+`limits.threads` at once; item and thumbnail reads run there too. Everything here only
+reads the index.
 """
 from __future__ import annotations
 
