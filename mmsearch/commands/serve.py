@@ -28,7 +28,8 @@ def register(sub) -> None:
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--api-key", default=None,
                    help=f"clients must send it ('Authorization: Bearer KEY' or 'X-API-Key: KEY'); default "
-                        f"${KEY_ENV}. Required to bind beyond localhost")
+                        f"${KEY_ENV} (better: other users can see a command line). Required to bind beyond "
+                        f"localhost")
     p.add_argument("--workers", type=int, default=1,
                    help="server processes, each with its own copy of the model (default 1)")
     p.add_argument("--threads", type=int, default=None, help="searches run at once per process (default 2)")
@@ -37,7 +38,7 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--max-k", type=int, default=None, help="most hits a search may ask for (default 100)")
     p.add_argument("--max-body-mb", type=float, default=None, help="largest request body in MiB (default 16)")
-    p.add_argument("--max-image-pixels", type=int, default=None, help="largest query image, width*height")
+    p.add_argument("--max-image-pixels", type=int, default=None, help="largest query image, width*height (default 40,000,000)")
     p.add_argument("--timeout", type=float, default=None, help="seconds before a search answers 504 (default 30)")
     p.add_argument("--rerankers", default=None, help="rerankers clients may use, comma-separated "
                                                      "(default refine,hubness,vlm; '' for none)")
