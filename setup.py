@@ -40,14 +40,17 @@ BASE = [
 EXTRAS = {
     # GPU: install with MMSEARCH_FAISS=gpu so faiss-gpu replaces faiss-cpu.
     "gpu": ["accelerate>=0.30"],
-    "server": ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9", "httpx>=0.27"],
+    "server": ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9", "httpx>=0.27",
+               "fastapi-offline>=1.7"],
     "ray": ["ray[data]>=2.30"],
     "train": ["accelerate>=0.30"],
     # peers measured side by side in benchmarks/ (not needed by the library)
     "bench": ["hnswlib>=0.8", "usearch>=2", "lancedb>=0.10"],
     "dev": ["pytest>=8", "tokenizers>=0.19", "pandas>=2", "duckdb>=1", "pytrec-eval-terrier>=0.5",
-            "ray[data]>=2.30"],
+            "ray[data]>=2.30", "playwright>=1.40"],
 }
+# the test suite covers the server too
+EXTRAS["dev"] = EXTRAS["dev"] + EXTRAS["server"]
 EXTRAS["all"] = sorted({r for k in ("server", "ray", "train", "dev") for r in EXTRAS[k]})
 
 setup(
@@ -58,7 +61,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["mmsearch", "mmsearch.*"]),
-    package_data={"mmsearch": ["data/*", "data/**/*"]},
+    package_data={"mmsearch": ["data/*", "data/**/*", "server/static/*"]},
     install_requires=BASE,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["mmsearch=mmsearch.cli:main"]},

@@ -7,14 +7,19 @@ from ._version import __version__
 from .encoders import load_encoder
 from .errors import ImageError, MMSearchError
 from .indexer.build import build_index
+from .query import Hit, Index, open_index, search
 from .types import Item, Query
 
 __all__ = [
+    "Hit",
     "ImageError",
+    "Index",
     "Item",
     "MMSearchError",
     "Query",
     "__version__",
     "build_index",
     "load_encoder",
+    "open_index",
+    "search",
 ]

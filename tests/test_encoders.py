@@ -222,7 +222,8 @@ def test_model_load_errors(tmp_path):
 
 def test_public_api_is_locked():
     assert sorted(mmsearch.__all__) == sorted([
-        "ImageError", "Item", "MMSearchError", "Query", "__version__", "build_index", "load_encoder",
+        "Hit", "ImageError", "Index", "Item", "MMSearchError", "Query", "__version__", "build_index",
+        "load_encoder", "open_index", "search",
     ])
     for name in mmsearch.__all__:
         assert hasattr(mmsearch, name)
