@@ -37,7 +37,7 @@ def register(sub) -> None:
 def _data_args(p) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data", nargs="+", required=True, metavar="TABLE", help="MMEB-train JSONL / Parquet file(s)")
-    g.add_argument("--image-root", default=None, help="image paths are relative to this (default: each table's folder)")
+    g.add_argument("--image-root", default=None, help="image paths are relative to this; unset: each table's folder")
     g.add_argument("--out", required=True, help="output directory: the model, train_log.jsonl, checkpoints/")
 
 
@@ -51,30 +51,30 @@ def _model_args(p) -> None:
     g.add_argument("--vocab-size", type=int, default=900, help="--scratch: BPE vocabulary trained on the data")
     g.add_argument("--scratch-image-size", type=int, default=112, help="--scratch: largest image side (pixels)")
     g.add_argument("--init-from-config", action="store_true", help="--model's architecture with random weights")
-    g.add_argument("--lora", action="store_true", help="train a LoRA adapter (default: full fine-tuning)")
-    g.add_argument("--lora-rank", type=int, default=8)
-    g.add_argument("--lora-alpha", type=float, default=16)
-    g.add_argument("--lora-dropout", type=float, default=0.05)
+    g.add_argument("--lora", action="store_true", help="train a LoRA adapter; unset: full fine-tuning")
+    g.add_argument("--lora-rank", type=int, default=8, help="LoRA rank r")
+    g.add_argument("--lora-alpha", type=float, default=16, help="LoRA scaling alpha (the update is alpha/r)")
+    g.add_argument("--lora-dropout", type=float, default=0.05, help="dropout on the LoRA input")
     g.add_argument("--dora", action="store_true", help="weight-decomposed LoRA (DoRA)")
     g.add_argument("--lora-targets", default=None,
-                   help="regex over module names, or a comma-separated list (default: the language model's "
-                        "attention and MLP projections)")
+                   help="regex over module names, or a comma-separated list; unset: the language model's "
+                        "attention and MLP projections")
     g.add_argument("--save-adapter", action="store_true", help="write the LoRA adapter instead of merged weights")
 
 
 def _optim_args(p) -> None:
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=int, default=64, help="queries per contrastive batch")
-    g.add_argument("--chunk-size", type=int, default=None, help="GradCache sub-batch (default: no GradCache)")
+    g.add_argument("--chunk-size", type=int, default=None, help="GradCache sub-batch size; unset: no GradCache")
     g.add_argument("--grad-accum", type=int, default=1, help="contrastive batches per optimizer step")
-    g.add_argument("--max-steps", type=int, default=None, help="optimizer steps (default: --epochs)")
-    g.add_argument("--epochs", type=float, default=1.0)
-    g.add_argument("--lr", type=float, default=2e-5)
-    g.add_argument("--weight-decay", type=float, default=0.0)
+    g.add_argument("--max-steps", type=int, default=None, help="optimizer steps; unset: --epochs passes over the data")
+    g.add_argument("--epochs", type=float, default=1.0, help="passes over the data when --max-steps is unset")
+    g.add_argument("--lr", type=float, default=2e-5, help="peak learning rate (AdamW)")
+    g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay of weight matrices")
     g.add_argument("--warmup", type=float, default=0.04, help="a fraction of the steps (< 1) or a step count")
     g.add_argument("--schedule", choices=("cosine", "linear", "constant"), default="cosine")
     g.add_argument("--max-grad-norm", type=float, default=1.0, help="0 disables clipping")
-    g.add_argument("--temperature", type=float, default=0.02)
+    g.add_argument("--temperature", type=float, default=0.02, help="InfoNCE temperature (initial value if learnt)")
     g.add_argument("--learn-temperature", action="store_true", help="learn it (log-parameterised)")
 
 
@@ -90,14 +90,14 @@ def _negative_args(p) -> None:
 
 def _run_args(p) -> None:
     g = p.add_argument_group("run")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="seeds weights (LoRA, scratch), data order, dropout")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     g.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: torch's; 1 is fastest for tiny models on a busy machine)")
+                   help="torch CPU threads; unset: torch's default (1 is fastest for tiny models on a busy machine)")
     g.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                    help="auto: bf16 autocast on GPU, fp32 on CPU")
     g.add_argument("--save-every", type=int, default=0, help="resumable checkpoint every N steps")
-    g.add_argument("--keep-checkpoints", type=int, default=2)
+    g.add_argument("--keep-checkpoints", type=int, default=2, help="most recent checkpoints kept")
     g.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     g.add_argument("--log-every", type=int, default=10, help="log loss / lr / throughput every N steps")
     g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
