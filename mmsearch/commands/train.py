@@ -1,7 +1,6 @@
 """`mmsearch train`: contrastive training of a VLM2Vec encoder on MMEB-train tables."""
 from __future__ import annotations
 
-import argparse
 import sys
 
 from ._common import print_json
@@ -9,14 +8,10 @@ from ._common import print_json
 EPILOG = """examples:
   mmsearch train --data train.parquet --model Qwen/Qwen2-VL-2B-Instruct --lora --out run1
   mmsearch train --data train.jsonl --model run1 --mine-negatives auto --mine-every 500 --out run2
-  mmsearch train --data train.parquet --scratch hidden=192,layers=3 --vocab-size 900 --lr 1.5e-3 \\
+  mmsearch train --data train.parquet --scratch hidden=192,layers=3 --vocab-size 900 --lr 5e-4 --warmup 50 \\
       --temperature 0.05 --learn-temperature --batch-size 96 --out tiny
   mmsearch train ... --out run1 --resume        # continue from the last checkpoint in run1
 """
-
-
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults in the help, and the examples epilog as written."""
 
 
 def register(sub) -> None:
@@ -25,7 +20,7 @@ def register(sub) -> None:
         description="Train a VLM2Vec encoder contrastively on MMEB-train tables (qry, qry_image_path, pos_text, "
                     "pos_image_path, optional neg_text, neg_image_path; JSONL or Parquet) and write a Hugging Face "
                     "checkpoint to --out that `load_encoder`/--model load.",
-        epilog=EPILOG, formatter_class=_Formatter)
+        epilog=EPILOG)
     _data_args(p)
     _model_args(p)
     _optim_args(p)
@@ -48,13 +43,16 @@ def _model_args(p) -> None:
     src.add_argument("--scratch", nargs="?", const="", metavar="SIZES",
                      help="a new Qwen2-VL, e.g. hidden=192,layers=3,heads=6,kv_heads=2,ffn=512,vision_embed=128,"
                           "vision_depth=3 (the default sizes)")
-    g.add_argument("--vocab-size", type=int, default=900, help="--scratch: BPE vocabulary trained on the data")
-    g.add_argument("--scratch-image-size", type=int, default=112, help="--scratch: largest image side (pixels)")
+    g.add_argument("--vocab-size", type=int, default=900,
+                   help="--scratch: BPE vocabulary trained on the data (default: %(default)s)")
+    g.add_argument("--scratch-image-size", type=int, default=112,
+                   help="--scratch: largest image side (pixels) (default: %(default)s)")
     g.add_argument("--init-from-config", action="store_true", help="--model's architecture with random weights")
     g.add_argument("--lora", action="store_true", help="train a LoRA adapter; unset: full fine-tuning")
-    g.add_argument("--lora-rank", type=int, default=8, help="LoRA rank r")
-    g.add_argument("--lora-alpha", type=float, default=16, help="LoRA scaling alpha (the update is alpha/r)")
-    g.add_argument("--lora-dropout", type=float, default=0.05, help="dropout on the LoRA input")
+    g.add_argument("--lora-rank", type=int, default=8, help="LoRA rank r (default: %(default)s)")
+    g.add_argument("--lora-alpha", type=float, default=16,
+                   help="LoRA scaling alpha (the update is alpha/r) (default: %(default)s)")
+    g.add_argument("--lora-dropout", type=float, default=0.05, help="dropout on the LoRA input (default: %(default)s)")
     g.add_argument("--dora", action="store_true", help="weight-decomposed LoRA (DoRA)")
     g.add_argument("--lora-targets", default=None,
                    help="regex over module names, or a comma-separated list; unset: the language model's "
@@ -64,17 +62,23 @@ def _model_args(p) -> None:
 
 def _optim_args(p) -> None:
     g = p.add_argument_group("optimisation")
-    g.add_argument("--batch-size", type=int, default=64, help="queries per contrastive batch")
+    g.add_argument("--batch-size", type=int, default=64, help="queries per contrastive batch (default: %(default)s)")
     g.add_argument("--chunk-size", type=int, default=None, help="GradCache sub-batch size; unset: no GradCache")
-    g.add_argument("--grad-accum", type=int, default=1, help="contrastive batches per optimizer step")
+    g.add_argument("--grad-accum", type=int, default=1,
+                   help="contrastive batches per optimizer step (default: %(default)s)")
     g.add_argument("--max-steps", type=int, default=None, help="optimizer steps; unset: --epochs passes over the data")
-    g.add_argument("--epochs", type=float, default=1.0, help="passes over the data when --max-steps is unset")
-    g.add_argument("--lr", type=float, default=2e-5, help="peak learning rate (AdamW)")
-    g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay of weight matrices")
-    g.add_argument("--warmup", type=float, default=0.04, help="a fraction of the steps (< 1) or a step count")
-    g.add_argument("--schedule", choices=("cosine", "linear", "constant"), default="cosine")
-    g.add_argument("--max-grad-norm", type=float, default=1.0, help="0 disables clipping")
-    g.add_argument("--temperature", type=float, default=0.02, help="InfoNCE temperature (initial value if learnt)")
+    g.add_argument("--epochs", type=float, default=1.0,
+                   help="passes over the data when --max-steps is unset (default: %(default)s)")
+    g.add_argument("--lr", type=float, default=2e-5, help="peak learning rate (AdamW) (default: %(default)s)")
+    g.add_argument("--weight-decay", type=float, default=0.0,
+                   help="AdamW weight decay of weight matrices (default: %(default)s)")
+    g.add_argument("--warmup", type=float, default=0.04,
+                   help="a fraction of the steps (< 1) or a step count (default: %(default)s)")
+    g.add_argument("--schedule", choices=("cosine", "linear", "constant"), default="cosine",
+                   help="decay after warmup (default: %(default)s)")
+    g.add_argument("--max-grad-norm", type=float, default=1.0, help="0 disables clipping (default: %(default)s)")
+    g.add_argument("--temperature", type=float, default=0.02,
+                   help="InfoNCE temperature (initial value if learnt) (default: %(default)s)")
     g.add_argument("--learn-temperature", action="store_true", help="learn it (log-parameterised)")
 
 
@@ -83,23 +87,30 @@ def _negative_args(p) -> None:
     g.add_argument("--no-data-negatives", action="store_true", help="ignore neg_text / neg_image_path")
     g.add_argument("--mine-negatives", default=None, metavar="INDEX_OR_AUTO",
                    help="'auto' (index the data's candidates) or an mmsearch index of the candidates")
-    g.add_argument("--mine-every", type=int, default=0, help="re-mine every N steps (0: once, at the start)")
-    g.add_argument("--mine-k", type=int, default=10, help="best non-positive hits kept per query")
-    g.add_argument("--mine-per-query", type=int, default=1, help="mined negatives drawn per query and step")
+    g.add_argument("--mine-every", type=int, default=0,
+                   help="re-mine every N steps (0: once, at the start) (default: %(default)s)")
+    g.add_argument("--mine-k", type=int, default=10,
+                   help="best non-positive hits kept per query (default: %(default)s)")
+    g.add_argument("--mine-per-query", type=int, default=1,
+                   help="mined negatives drawn per query and step (default: %(default)s)")
 
 
 def _run_args(p) -> None:
     g = p.add_argument_group("run")
-    g.add_argument("--seed", type=int, default=0, help="seeds weights (LoRA, scratch), data order, dropout")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    g.add_argument("--seed", type=int, default=0,
+                   help="seeds weights (LoRA, scratch), data order, dropout (default: %(default)s)")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: %(default)s)")
     g.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads; unset: torch's default (1 is fastest for tiny models on a busy machine)")
     g.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                   help="auto: bf16 autocast on GPU, fp32 on CPU")
-    g.add_argument("--save-every", type=int, default=0, help="resumable checkpoint every N steps")
-    g.add_argument("--keep-checkpoints", type=int, default=2, help="most recent checkpoints kept")
+                   help="auto: bf16 autocast on GPU, fp32 on CPU (default: %(default)s)")
+    g.add_argument("--save-every", type=int, default=0,
+                   help="resumable checkpoint every N steps (default: %(default)s)")
+    g.add_argument("--keep-checkpoints", type=int, default=2,
+                   help="most recent checkpoints kept (default: %(default)s)")
     g.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
-    g.add_argument("--log-every", type=int, default=10, help="log loss / lr / throughput every N steps")
+    g.add_argument("--log-every", type=int, default=10,
+                   help="log loss / lr / throughput every N steps (default: %(default)s)")
     g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     g.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
 
