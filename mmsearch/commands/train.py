@@ -69,7 +69,8 @@ def _optim_args(p) -> None:
     g.add_argument("--max-steps", type=int, default=None, help="optimizer steps; unset: --epochs passes over the data")
     g.add_argument("--epochs", type=float, default=1.0,
                    help="passes over the data when --max-steps is unset (default: %(default)s)")
-    g.add_argument("--lr", type=float, default=2e-5, help="peak learning rate (AdamW) (default: %(default)s)")
+    g.add_argument("--lr", type=float, default=None,
+                   help="peak learning rate (AdamW); unset: 2e-5 to fine-tune, 5e-4 for --scratch/--init-from-config")
     g.add_argument("--weight-decay", type=float, default=0.0,
                    help="AdamW weight decay of weight matrices (default: %(default)s)")
     g.add_argument("--warmup", type=float, default=0.04,

@@ -86,7 +86,8 @@ class Trainer:
         self.temperature = Temperature(s.temperature, s.learn_temperature).to(self.encoder.device)
         self.order = DataOrder(len(self.data.examples), s.batch_size, s.seed)
         self.total = s.max_steps or max(1, math.ceil(s.epochs * self.order.per_epoch / s.grad_accum))
-        self.optimizer = torch.optim.AdamW(parameter_groups(self.model, self.temperature, s.weight_decay), lr=s.lr)
+        self.optimizer = torch.optim.AdamW(parameter_groups(self.model, self.temperature, s.weight_decay),
+                                           lr=s.learning_rate)
         warmup = s.warmup if s.warmup >= 1 else s.warmup * self.total
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(s.schedule, warmup, self.total))
         self.miner = (Miner.create(s.mining, self.data.examples, self.data.candidates(), self.out / "mining")
