@@ -61,7 +61,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["mmsearch", "mmsearch.*"]),
-    package_data={"mmsearch": ["data/*", "data/**/*", "server/static/*"]},
+    package_data={"mmsearch": ["data/*", "data/**/*", "server/static/*", "models/tiny/*"]},
     install_requires=BASE,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["mmsearch=mmsearch.cli:main"]},

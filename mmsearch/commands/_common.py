@@ -24,7 +24,8 @@ def print_table(headers: Sequence[str], rows: Iterable[Sequence], widths: Sequen
 
 
 def add_model_args(p) -> None:
-    p.add_argument("--model", required=True, help="Hugging Face id or local checkpoint directory")
+    p.add_argument("--model", default=None,
+                   help="Hugging Face id or local checkpoint directory (default: the built-in mmsearch-tiny)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32")
     p.add_argument("--batch-size", type=int, default=None, help="inputs per forward pass")

@@ -35,7 +35,8 @@ def register(sub) -> None:
 
 
 def _common(p, name: str) -> None:
-    p.add_argument("--model", required=True, help="Hugging Face id or local checkpoint directory")
+    p.add_argument("--model", default=None,
+                   help="Hugging Face id or local checkpoint directory (default: the built-in mmsearch-tiny)")
     p.add_argument("--work", default=None, help=f"working/output folder (default: ./{name}-eval)")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")

@@ -74,7 +74,8 @@ def _build_parser(isub) -> None:
                                     "resumes an interrupted build; --fresh starts over.")
     _run_options(b)
     b.add_argument("--out", required=True, help="index directory")
-    b.add_argument("--model", required=True, help="Hugging Face id or local checkpoint directory")
+    b.add_argument("--model", default=None,
+                   help="Hugging Face id or local checkpoint directory (default: the built-in mmsearch-tiny)")
     g = b.add_mutually_exclusive_group()
     g.add_argument("--task", default=None, help="use this task's candidate instruction (see `mmsearch tasks`)")
     g.add_argument("--instruction", default=None, help="candidate instruction for every item")

@@ -15,7 +15,7 @@ from ..images import DEFAULT_MAX_PIXELS
 from .base import Encoder
 from .dual import DUAL_BACKBONES, DualEncoder
 from .formatting import BACKBONES
-from .loading import adapter_base, model_type, resolve_device_dtype, resolve_model_path, weights_fingerprint
+from .loading import DEFAULT_MODEL, adapter_base, model_type, resolve_device_dtype, resolve_model_path, weights_fingerprint
 from .presets import Preset, preset_for
 from .processors import load_dual_processors, load_vlm_processor
 from .vlm2vec import VLM2VecEncoder
@@ -40,7 +40,7 @@ ADAPTER_KEY_MAPPING = {
 
 
 def load_encoder(
-    model,
+    model=None,
     device: str = "auto",
     dtype: str = "auto",
     *,
@@ -48,12 +48,14 @@ def load_encoder(
     max_image_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
     **overrides,
 ) -> Encoder:
-    """Load an encoder from a Hugging Face id or a local checkpoint directory.
+    """Load an encoder from a Hugging Face id or a local checkpoint directory
+    (None: the small model shipped with mmsearch, "mmsearch-tiny").
 
     `overrides` replace fields of the checkpoint's preset (see
     `mmsearch.encoders.presets.Preset`): e.g. `image_size=(448, 448)`,
     `max_pixels=...`, `processor="path/to/processor"`, `base_model=...`.
     """
+    model = DEFAULT_MODEL if model is None else model
     preset = preset_for(model).override(**overrides)
     path = resolve_model_path(model, revision)
     base = adapter_base(path)  # None for a full (or already merged) checkpoint

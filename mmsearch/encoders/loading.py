@@ -26,8 +26,27 @@ def _looks_like_path(model: str) -> bool:
     return not _HUB_ID.match(model)
 
 
+# Models shipped inside the package, by name; `None` means the default one.
+BUILTIN_MODELS = {"mmsearch-tiny": "tiny"}
+DEFAULT_MODEL = "mmsearch-tiny"
+
+
+def builtin_model_path(name: str) -> Path:
+    from importlib import resources
+
+    path = Path(str(resources.files("mmsearch").joinpath("models").joinpath(BUILTIN_MODELS[name])))
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"the built-in model {name!r} is missing from this installation ({path}); "
+                             f"reinstall mmsearch or pass --model")
+    return path
+
+
 def resolve_model_path(model, revision: Optional[str] = None) -> Path:
-    """A local directory for `model`: itself if it is one, else the HF cache / hub snapshot."""
+    """A local directory for `model`: a built-in model's, itself if it is one, else the HF
+    cache / hub snapshot. None means the built-in default model."""
+    model = DEFAULT_MODEL if model is None else model
+    if str(model) in BUILTIN_MODELS:
+        return builtin_model_path(str(model))
     path = Path(os.path.expanduser(str(model)))
     if path.is_dir():
         return path.resolve()

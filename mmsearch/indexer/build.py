@@ -146,9 +146,7 @@ def _instructions(settings: BuildSettings, manifest) -> dict:
 def _load_encoder(settings: BuildSettings, manifest, cluster):
     from ..encoders import load_encoder
 
-    name = settings.model or (manifest.model.id if manifest is not None else None)
-    if name is None:
-        raise InputError("no model given: pass --model (a Hugging Face id or a local checkpoint directory)")
+    name = settings.model or (manifest.model.id if manifest is not None else None)  # None: the built-in model
     where = {"device": settings.device, "dtype": settings.dtype}
     if cluster is not None:
         from .ray_engine import driver_encoder_options
