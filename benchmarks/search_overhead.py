@@ -7,11 +7,13 @@ For each index type and shard count it writes an index through `mmsearch.index_f
 same shard files with `faiss.read_index` (one shard: that index; several: a threaded
 `faiss.IndexShards`, faiss's own multi-shard search). Both get the same per-call
 `SearchParameters`. Reported: QPS at batch 1000 (best of --repeat), and the median
-latency of single-query searches and the median paired difference ("added_ms").
+latency of single-query searches and the median paired differences in wall time
+("added_ms") and in CPU time ("added_cpu_ms", robust to load from other processes).
 Writes benchmarks/results/search_overhead.json and prints a Markdown table.
 """
 import argparse
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -92,23 +94,26 @@ def batch_qps(fns, xq, repeat):
 
 
 def single_ms(ours, theirs, xq):
-    """Median latency (ms) of one-query searches on each side, and the median of the
-    paired differences: every query is timed on both sides back to back, the order
-    alternating, so drifting load from other processes cancels out."""
-    pairs = []
+    """One-query searches, every query timed on both sides back to back (the order
+    alternating, so drifting load cancels out): median wall latency of each side,
+    then the medians of the paired differences in wall time and in process CPU time.
+    On a loaded machine the wall difference also counts preemptions that land in the
+    extra work; the CPU difference is the work added."""
+    wall, cpu = [], []
     for j, q in enumerate(xq):
         q = q[None, :]
-        first, second = (ours, theirs) if j % 2 == 0 else (theirs, ours)
-        t0 = time.perf_counter()
-        first(q)
-        t1 = time.perf_counter()
-        second(q)
-        t2 = time.perf_counter()
-        mine, raw = (t1 - t0, t2 - t1) if j % 2 == 0 else (t2 - t1, t1 - t0)
+        sides = (ours, theirs) if j % 2 == 0 else (theirs, ours)
+        stamps = [(time.perf_counter(), time.process_time())]
+        for fn in sides:
+            fn(q)
+            stamps.append((time.perf_counter(), time.process_time()))
+        spent = [tuple(b - a for a, b in zip(stamps[i], stamps[i + 1])) for i in (0, 1)]
+        mine, raw = spent if j % 2 == 0 else spent[::-1]
         if j >= 50:  # the first 50 warm up
-            pairs.append((mine, raw))
-    mine, raw = zip(*pairs)
-    return [1e3 * statistics.median(v) for v in (mine, raw, [a - b for a, b in pairs])]
+            wall.append((mine[0], raw[0]))
+            cpu.append(mine[1] - raw[1])
+    mine, raw = zip(*wall)
+    return [1e3 * statistics.median(v) for v in (mine, raw, [a - b for a, b in wall], cpu)]
 
 
 def measure(path, manifest, spec, knobs, xq, k, repeat, singles):
@@ -121,7 +126,8 @@ def measure(path, manifest, spec, knobs, xq, k, repeat, singles):
         qps = batch_qps((ours, theirs), xq, repeat)
         ms = single_ms(ours, theirs, xq[:singles])
     out.update(qps_mmsearch=round(qps[0], 1), qps_faiss=round(qps[1], 1),
-               single_ms_mmsearch=round(ms[0], 4), single_ms_faiss=round(ms[1], 4), added_ms=round(ms[2], 4))
+               single_ms_mmsearch=round(ms[0], 4), single_ms_faiss=round(ms[1], 4), added_ms=round(ms[2], 4),
+               added_cpu_ms=round(ms[3], 4))
     out["qps_ratio"] = round(out["qps_mmsearch"] / out["qps_faiss"], 3)
     return out
 
@@ -141,7 +147,7 @@ def main():
     if args.quick:
         args.n, args.singles = 50_000, 500
     x, xq = clustered(args.n, args.dim, seed=0), clustered(1000, args.dim, seed=1)
-    rows = []
+    load_before, rows = os.getloadavg()[0], []
     with tempfile.TemporaryDirectory() as tmp:
         for spec in args.specs:
             for shards in args.shards:
@@ -152,14 +158,16 @@ def main():
                 print(json.dumps(rows[-1]), flush=True)
     report = {"benchmark": "search_overhead", "n": args.n, "dim": args.dim, "k": args.k,
               "faiss": faiss.__version__, "omp_threads": faiss.omp_get_max_threads(),
-              "machine": platform.platform(), "python": platform.python_version(), "results": rows}
+              "machine": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+              "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)], "results": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    print("\n| index | shards | QPS mmsearch | QPS faiss | ratio | 1-query ms mmsearch | faiss | added ms |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| index | shards | QPS mmsearch | QPS faiss | ratio | 1-query ms mmsearch | faiss | added ms | "
+          "added CPU ms |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['index']} | {r['shards']} | {r['qps_mmsearch']} | {r['qps_faiss']} | {r['qps_ratio']} | "
-              f"{r['single_ms_mmsearch']} | {r['single_ms_faiss']} | {r['added_ms']} |")
+              f"{r['single_ms_mmsearch']} | {r['single_ms_faiss']} | {r['added_ms']} | {r['added_cpu_ms']} |")
 
 
 if __name__ == "__main__":

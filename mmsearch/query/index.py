@@ -197,11 +197,14 @@ class Index:
         return view.defaults if params is None else SearchParams.coerce(params).over(view.defaults)
 
     def _search(self, view: IndexView, xq: np.ndarray, k: int, filt: Optional[Filter], knobs: SearchParams):
-        n, keep_max = len(xq), view.manifest.metric == "inner_product"
+        n, keep_max = len(xq), view.keep_max
         width = max(1, min(k, view.rows))
         if not view.shards or n == 0:
             return pad_result(np.empty((n, 0), np.float32), np.empty((n, 0), np.int64), k, keep_max)
         masks = view.masks(filt)
+        if len(view.shards) == 1:
+            D, I = search_shard(view.shards[0], xq, width, knobs, masks[0], self.policy)
+            return pad_result(D, I, k, keep_max) if I.shape[1] < k else (D, I)
 
         def one(i: int):
             start = time.thread_time()  # CPU time: waiting for the GIL or a core is not cost
@@ -209,7 +212,7 @@ class Index:
             self._cost.observe(time.thread_time() - start, n)
             return result
 
-        threads = len(view.shards) > 1 and self._cost.use_threads(n, len(view.shards))
+        threads = self._cost.use_threads(n, len(view.shards))
         parts = map_shards(self._pool(len(view.shards)) if threads else None, one, range(len(view.shards)))
         D, I = merge_results(parts, width, keep_max)
         return pad_result(D, I, k, keep_max) if width < k else (D, I)
@@ -329,7 +332,7 @@ class Index:
 
 def _check_xq(xq: Any, dim: int) -> np.ndarray:
     x = np.asarray(xq)
-    if x.ndim != 2 or x.shape[1] != dim or not np.issubdtype(x.dtype, np.number):
+    if x.ndim != 2 or x.shape[1] != dim or x.dtype.kind not in "fiu":
         hint = " (one query? pass xq[None, :])" if x.ndim == 1 else ""
         raise InputError(f"xq must be a numeric array of shape (n, {dim}), got {x.dtype} {x.shape}{hint}")
     return np.ascontiguousarray(x, dtype=np.float32)

@@ -49,7 +49,7 @@ class StoreView:
             return fn(store)
 
     def tombstones(self) -> Tuple[int, List[np.ndarray]]:
-        if self._trusted and self._stat() == self._stamp:
+        if not self.exists or (self._trusted and self._stat() == self._stamp):
             return self._version, self._per_shard
         with self._lock:
             stamp = self._stat()

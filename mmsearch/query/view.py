@@ -30,9 +30,9 @@ _MASK_CACHE_SIZE = 32
 Stamp = Optional[Tuple[int, int, int]]
 
 
-def manifest_stamp(path: Path) -> Stamp:
+def manifest_stamp(manifest_path: str) -> Stamp:
     try:
-        st = os.stat(path / MANIFEST_FILE)
+        st = os.stat(manifest_path)
     except OSError:
         return None
     return (st.st_mtime_ns, st.st_size, st.st_ino)
@@ -48,13 +48,16 @@ class IndexView:
 
     def __init__(self, path: Path, previous: Optional["IndexView"] = None):
         self.path = path
-        self.stamp = manifest_stamp(path)  # taken first: a change while reading shows up next time
+        self._manifest_path = str(path / MANIFEST_FILE)  # a str: checked on every call, keep it cheap
+        self.stamp = manifest_stamp(self._manifest_path)  # taken first: a change while reading shows next time
         self.manifest: Manifest = read_manifest(path)
         reuse = {_key(s.info): s for s in previous.shards} if previous is not None else {}
         self.shards = [reuse.get(_key(info)) or Shard(path, info, self.manifest.model.dim, self.manifest.metric)
                        for info in self.manifest.shards]
         self.starts = np.array([s.id_start for s in self.shards], dtype=np.int64)
         self.ends = np.array([s.info.id_end for s in self.shards], dtype=np.int64)
+        self.rows = self.manifest.total_rows
+        self.keep_max = self.manifest.metric == "inner_product"
         self.columns = list(dict.fromkeys(c for s in self.shards for c in s.meta.column_names))
         self.defaults = SearchParams.coerce(self.manifest.faiss.search_params, strict=False)
         self.store = StoreView(path / STORE_DIR, self.starts, self.ends)
@@ -62,11 +65,8 @@ class IndexView:
         self._masks: "OrderedDict[tuple, List[Optional[RowMask]]]" = OrderedDict()
 
     def is_current(self) -> bool:
-        return manifest_stamp(self.path) == self.stamp
+        return manifest_stamp(self._manifest_path) == self.stamp
 
-    @property
-    def rows(self) -> int:
-        return self.manifest.total_rows
 
     def check_columns(self, filt: Optional[Filter]) -> None:
         unknown = [c for c in filt.columns if c not in self.columns] if filt is not None else []
