@@ -35,7 +35,7 @@ from mmsearch.index_manifest import (
     DEFAULT_INSTRUCTION_KEY, ERRORS_FILE, FORMAT_VERSION, INDEX_FILE, MANIFEST_FILE, META_FILE,
     METRICS, SHARDS_DIR, STATS_FILE, STORE_DIR, TMP_MARK, TRAINED_FILE, VECTORS_FILE, FaissSpec,
     FileInfo, Manifest, ModelInfo, PathLike, ShardInfo, atomic_write_bytes, atomic_write_json,
-    check_model, fsync_dir, fsync_file, read_manifest, sha256_file, tmp_name, utc_now,
+    check_model, fsync_dir, fsync_file, model_info_of, read_manifest, sha256_file, tmp_name, utc_now,
     write_manifest)
 
 # The indexer and the query engine import all of the format from here.
@@ -45,7 +45,7 @@ __all__ = [
     "VECTORS_FILE", "STORE_DIR", "ERRORS_FILE", "STATS_FILE", "META_COLUMNS", "METRICS",
     "DEFAULT_INSTRUCTION_KEY", "TMP_MARK",
     # manifest
-    "Manifest", "ModelInfo", "FaissSpec", "ShardInfo", "FileInfo", "read_manifest",
+    "Manifest", "ModelInfo", "model_info_of", "FaissSpec", "ShardInfo", "FileInfo", "read_manifest",
     "write_manifest", "check_model",
     # durable writes
     "sha256_file", "fsync_file", "fsync_dir", "atomic_write_bytes", "atomic_write_json",

@@ -192,6 +192,14 @@ class ModelInfo:
                    pooling=_get(d, "pooling", w, str), normalized=_get(d, "normalized", w, bool))
 
 
+def model_info_of(encoder, dtype: Optional[str] = None, pooling: str = "last_token",
+                  normalized: bool = True) -> ModelInfo:
+    """The ModelInfo of a loaded encoder, as the indexer records it and readers compare it."""
+    dtype = dtype or str(getattr(encoder, "dtype", "float32")).replace("torch.", "")
+    return ModelInfo(id=str(encoder.name), backbone=str(encoder.backbone), dim=int(encoder.dim), dtype=dtype,
+                     weight_hash=getattr(encoder, "fingerprint", None), pooling=pooling, normalized=normalized)
+
+
 @dataclass(frozen=True)
 class FaissSpec:
     """How shards are built: the index_factory string, the trained empty template

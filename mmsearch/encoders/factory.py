@@ -7,6 +7,7 @@ costs.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -15,7 +16,7 @@ from ..images import DEFAULT_MAX_PIXELS
 from .base import Encoder
 from .dual import DUAL_BACKBONES, DualEncoder
 from .formatting import BACKBONES
-from .loading import DEFAULT_MODEL, adapter_base, model_type, resolve_device_dtype, resolve_model_path, weights_fingerprint
+from .loading import BUILTIN_MODELS, DEFAULT_MODEL, adapter_base, model_type, resolve_device_dtype, resolve_model_path, weights_fingerprint
 from .presets import Preset, preset_for
 from .processors import load_dual_processors, load_vlm_processor
 from .vlm2vec import VLM2VecEncoder
@@ -72,14 +73,22 @@ def load_encoder(
         net = _merge_adapter(net, path, ADAPTER_KEY_MAPPING.get(backbone))
     net = net.to(dev)
     fingerprint = weights_fingerprint(path)
+    name = _record_name(model)
     if backbone in DUAL_BACKBONES:
         tok, improc = load_dual_processors(path)
-        return DualEncoder(net, tok, improc, backbone=backbone, name=str(model), device=dev, dtype=dt,
+        return DualEncoder(net, tok, improc, backbone=backbone, name=name, device=dev, dtype=dt,
                            fingerprint=fingerprint, max_pixels=max_image_pixels, batch_size=preset.batch_size)
     proc_dir = _processor_dir(path, weights_dir, preset)
     processor = load_vlm_processor(proc_dir, backbone, preset)
-    return VLM2VecEncoder(net, processor, backbone=backbone, name=str(model), preset=preset, device=dev, dtype=dt,
+    return VLM2VecEncoder(net, processor, backbone=backbone, name=name, preset=preset, device=dev, dtype=dt,
                           fingerprint=fingerprint, max_pixels=max_image_pixels, processor_dir=proc_dir)
+
+
+def _record_name(model) -> str:
+    """How an index records this model: local directories as absolute paths (so a
+    reader in another working directory finds them), ids and built-in names as given."""
+    local = Path(os.path.expanduser(str(model)))
+    return str(local.resolve()) if str(model) not in BUILTIN_MODELS and local.is_dir() else str(model)
 
 
 def _load_model(path: Path, backbone: str, preset: Preset, dtype):

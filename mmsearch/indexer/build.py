@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from ..errors import InputError, MMSearchError
-from ..index_format import (ModelInfo, atomic_write_json, check_model, remove_unlisted)
+from ..index_format import ModelInfo, atomic_write_json, check_model, model_info_of, remove_unlisted
 from ..store import Store
 from . import planner
 from .estimate import estimate_rows
@@ -94,9 +94,7 @@ def _exclusive(out: Path):
 
 
 def model_info(encoder) -> ModelInfo:
-    dtype = str(getattr(encoder, "dtype", "float32")).replace("torch.", "")
-    return ModelInfo(id=encoder.name, backbone=encoder.backbone, dim=encoder.dim, dtype=dtype,
-                     weight_hash=encoder.fingerprint)
+    return model_info_of(encoder)
 
 
 def build_index(sources, out, model: Optional[str] = None, *, encoder=None, fresh: bool = False,

@@ -26,7 +26,7 @@ import numpy as np
 from mmsearch.encoders import load_encoder
 from mmsearch.errors import ImageError, IndexFormatError, InputError, ModelLoadError
 from mmsearch.images import load_image
-from mmsearch.index_format import ModelInfo, PathLike, check_model
+from mmsearch.index_format import ModelInfo, PathLike, check_model, model_info_of
 
 from .filtered import FilterPolicy, search_shard
 from .filters import Filter, parse_filter
@@ -143,9 +143,7 @@ class Index:
     def _model_info(encoder, built: ModelInfo) -> ModelInfo:
         """What the encoder can tell about itself; pooling and normalisation are not
         properties an encoder exposes, so the manifest's are taken."""
-        return ModelInfo(id=str(encoder.name), backbone=str(encoder.backbone), dim=int(encoder.dim),
-                         dtype=built.dtype, weight_hash=getattr(encoder, "fingerprint", None),
-                         pooling=built.pooling, normalized=built.normalized)
+        return model_info_of(encoder, dtype=built.dtype, pooling=built.pooling, normalized=built.normalized)
 
     # --- search --------------------------------------------------------------------------
 
