@@ -18,7 +18,7 @@ from typing import List, Optional
 from ._version import __version__
 from .errors import MMSearchError
 
-COMMAND_MODULES = ("datasets", "demo", "encode", "eval", "index", "search", "serve", "tasks", "train")
+COMMAND_MODULES = ("bench", "datasets", "demo", "encode", "eval", "index", "search", "serve", "tasks", "train")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
