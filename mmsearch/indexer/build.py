@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from ..errors import InputError, MMSearchError
-from ..index_format import ModelInfo, atomic_write_json, check_model, model_info_of, remove_unlisted
+from ..index_format import atomic_write_json, check_model, model_info_of, remove_unlisted
 from ..store import Store
 from . import planner
 from .estimate import estimate_rows
@@ -91,10 +91,6 @@ def _exclusive(out: Path):
         except BlockingIOError:
             raise MMSearchError(f"{out} is being written by another mmsearch process") from None
         yield
-
-
-def model_info(encoder) -> ModelInfo:
-    return model_info_of(encoder)
 
 
 def build_index(sources, out, model: Optional[str] = None, *, encoder=None, fresh: bool = False,
@@ -179,7 +175,7 @@ def _run(paths: List[str], out: Path, settings: BuildSettings, encoder, adding: 
         manifest = reconcile(out, store)
         remove_unlisted(out)
         encoder = encoder or _load_encoder(settings, manifest, cluster)
-        info = model_info(encoder)
+        info = model_info_of(encoder)
         if manifest is not None:
             check_model(manifest.model, info)
         instructions = _instructions(settings, manifest)
