@@ -147,6 +147,16 @@ def test_auto_policy():
         choose_factory(1_000_000_000, 768, memory_budget=1 << 30)
 
 
+def test_ivf_training_sample_size():
+    from mmsearch.indexer.planner import Plan, train_size
+
+    assert train_size(Plan("Flat"), None) == 0
+    assert train_size(Plan("IVF256,Flat", nlist=256), None) == 256 * 256      # small lists: faiss's own cap
+    assert train_size(Plan("IVF1024,Flat", nlist=1024), None) == 100_000      # the floor
+    assert train_size(Plan("IVF4096,Flat", nlist=4096), None) == 40 * 4096    # 1M rows: 40 per list, not 256
+    assert train_size(Plan("IVF4096,Flat", nlist=4096), 5000) == 5000         # asked for
+
+
 def test_add_delete_compact(tmp_path, tiny_dir):
     path, valid, _ = make_corpus(tmp_path / "a", n_valid=20, seed=2)
     out = tmp_path / "idx"
