@@ -3,10 +3,13 @@ usearch (and LanceDB when installed), all measured in the same run on the same v
 
     python benchmarks/ann.py --quick          # 100k x 768
     python benchmarks/ann.py                  # 100k and 1M, dim 768 and 1536
+    taskset -c 0 python benchmarks/ann.py --sizes 1000000x768 --threads 1
 
 Vectors are clustered synthetic embeddings; ground truth by exact search. Every
-method searches the same 1000 queries as one batch on all cores; QPS is the best
-of 3 timed runs after a warm-up. Writes results/ann*.json, .md and a PNG per size.
+method builds and searches with the same number of threads (default: the cores
+this process may use), the same 1000 queries as one batch; QPS is the best of 3
+timed runs after a warm-up. Writes results/ann_quick.* (quick) or one
+results/ann_NxD.{json,md,png} per size (full).
 """
 import argparse
 import os
@@ -20,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import RESULTS, best_time, clustered, environment, ground_truth, plot_curves, recall_at, save  # noqa
 
 K = 10
+THREADS = len(os.sched_getaffinity(0))  # set from --threads in main(); every library uses this many
 NPROBES = (4, 8, 16, 32, 64, 128)
 EFS = (16, 32, 64, 128, 256)
 
@@ -93,14 +97,14 @@ def hnswlib_method(xb, xq, gt, work):
     t0 = time.perf_counter()
     index = hnswlib.Index(space="ip", dim=xb.shape[1])
     index.init_index(max_elements=len(xb), M=16, ef_construction=100)
-    index.add_items(xb, num_threads=os.cpu_count())
+    index.add_items(xb, num_threads=THREADS)
     build = time.perf_counter() - t0
     index.save_index(str(work / "hnswlib.bin"))
     points = []
     for ef in EFS:
         index.set_ef(max(ef, K))
-        labels, _ = index.knn_query(xq, k=K, num_threads=os.cpu_count())
-        secs = best_time(lambda: index.knn_query(xq, k=K, num_threads=os.cpu_count()))
+        labels, _ = index.knn_query(xq, k=K, num_threads=THREADS)
+        secs = best_time(lambda: index.knn_query(xq, k=K, num_threads=THREADS))
         points.append((recall_at(labels, gt), len(xq) / secs, {"ef": ef}))
     return {"method": "hnswlib (M=16, efC=100)", "build_s": round(build, 2),
             "bytes_per_vector": round((work / "hnswlib.bin").stat().st_size / len(xb), 1), "points": points}
@@ -111,14 +115,14 @@ def usearch_method(xb, xq, gt, work):
 
     t0 = time.perf_counter()
     index = Index(ndim=xb.shape[1], metric="ip", dtype="f32", connectivity=16, expansion_add=100)
-    index.add(None, xb, threads=os.cpu_count())
+    index.add(None, xb, threads=THREADS)
     build = time.perf_counter() - t0
     index.save(str(work / "usearch.bin"))
     points = []
     for ef in EFS:
         index.expansion_search = ef
-        keys = index.search(xq, K, threads=os.cpu_count()).keys
-        secs = best_time(lambda: index.search(xq, K, threads=os.cpu_count()))
+        keys = index.search(xq, K, threads=THREADS).keys
+        secs = best_time(lambda: index.search(xq, K, threads=THREADS))
         points.append((recall_at(keys, gt), len(xq) / secs, {"expansion_search": ef}))
     return {"method": "usearch (M=16, efC=100)", "build_s": round(build, 2),
             "bytes_per_vector": round((work / "usearch.bin").stat().st_size / len(xb), 1), "points": points}
@@ -192,29 +196,45 @@ def markdown(n, d, methods) -> str:
     return "\n".join(lines) + "\n"
 
 
+FULL_SIZES = "100000x768,100000x1536,1000000x768,1000000x1536"
+
+
+def parse_sizes(text):
+    try:
+        return [tuple(int(v) for v in part.lower().split("x")) for part in text.split(",")]
+    except ValueError:
+        raise SystemExit(f"--sizes: expected NxD[,NxD...], e.g. 1000000x768; got {text!r}")
+
+
 def main():
+    global THREADS
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="100k x 768 only")
+    ap.add_argument("--quick", action="store_true", help="100k x 768 only, written to results/ann_quick.*")
+    ap.add_argument("--sizes", default=FULL_SIZES, help="full mode: NxD sizes, comma-separated (default: %(default)s)")
+    ap.add_argument("--threads", type=int, default=THREADS, help="threads for every library (default: %(default)s)")
     ap.add_argument("--queries", type=int, default=1000)
     args = ap.parse_args()
-    sizes = [(100_000, 768)] if args.quick else [(100_000, 768), (100_000, 1536), (1_000_000, 768),
-                                                 (1_000_000, 1536)]
-    result = {"environment": environment(), "k": K, "queries": args.queries, "sizes": []}
-    md = [f"## ANN benchmark ({result['environment']['date']}, {result['environment']['cpu']}, "
-          f"{result['environment']['cores']} cores)\n"]
+    import faiss
+
+    THREADS = args.threads
+    faiss.omp_set_num_threads(THREADS)
+    sizes = [(100_000, 768)] if args.quick else parse_sizes(args.sizes)
     for n, d in sizes:
+        name = "ann_quick" if args.quick else f"ann_{n}x{d}"
+        result = {"environment": {**environment(), "threads": THREADS}, "k": K, "queries": args.queries, "sizes": []}
+        env = result["environment"]
         work = Path(tempfile.mkdtemp(prefix="mmsearch-ann-"))
         try:
             methods = run_size(n, d, args.queries, work)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         result["sizes"].append({"n": n, "d": d, "methods": methods})
-        md.append(markdown(n, d, methods))
         curves = {m["method"]: [(r, q) for r, q, _ in m["points"]] for m in methods if "points" in m}
-        plot_curves(RESULTS / f"ann_{n}x{d}.png", curves, f"recall@10 vs QPS, {n:,} x {d}")
-        md.append(f"![ann {n}x{d}](ann_{n}x{d}.png)\n")
-        print(md[-2], flush=True)
-    save("ann_quick" if args.quick else "ann", result, "\n".join(md))
+        plot_curves(RESULTS / f"{name}.png", curves, f"recall@10 vs QPS, {n:,} x {d}, {THREADS} thread(s)")
+        md = (f"## ANN benchmark ({env['date']}, {env['cpu']}, {THREADS} of {env['cores']} cores)\n\n"
+              f"{markdown(n, d, methods)}\n![ann {n}x{d}]({name}.png)\n")
+        save(name, result, md)
+        print(md, flush=True)
 
 
 if __name__ == "__main__":

@@ -20,17 +20,19 @@ def table(headers, rows):
     return "\n".join(out + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
 
 
-def ann_section(ann):
+def ann_section(ann, name):
     env = ann["environment"]
-    parts = [f"**ANN** ({env['date']}, {env['cpu']}, {env['cores']} cores, faiss {env['versions'].get('faiss')}; "
-             f"clustered synthetic vectors, 1000 queries as one batch, recall@10 against exact search):"]
+    threads = env.get("threads", env["cores"])
+    parts = [f"**ANN** ({env['date']}, {env['cpu']}, every library on {threads} thread(s) of {env['cores']} cores, "
+             f"faiss {env['versions'].get('faiss')}; clustered synthetic vectors, 1000 queries as one batch, "
+             f"recall@10 against exact search):"]
     for size in ann["sizes"]:
         rows = [[m["method"], m.get("factory", ""), m.get("build_s", "-"), m.get("bytes_per_vector", "-"),
                  m.get("qps_at_recall_0.95") or m.get("skipped", "not reached"),
                  max((p[0] for p in m.get("points", [])), default="-")] for m in size["methods"]]
         parts += [f"\n{size['n']:,} x {size['d']}:\n",
                   table(["method", "index", "build s", "bytes/vector", "QPS at recall@10 >= 0.95", "best recall"],
-                        rows), f"\n![ANN {size['n']}x{size['d']}](benchmarks/results/ann_{size['n']}x{size['d']}.png)"]
+                        rows), f"\n![ANN {size['n']}x{size['d']}](benchmarks/results/{name}.png)"]
     return "\n".join(parts)
 
 
@@ -82,10 +84,11 @@ def main():
     parts = ["Measured on this project's development machine (2 cores, no GPU). Rerun with "
              "`pip install -e '.[bench]'` and the scripts in `benchmarks/` (`--quick` for a few minutes each); "
              "each writes JSON, Markdown and PNG to `benchmarks/results/`."]
-    for name, fn in (("ann_quick", ann_section), ("search_overhead", overhead_section)):
-        data = load(name)
-        if data:
-            parts.append(fn(data))
+    full = sorted((p.stem for p in RESULTS.glob("ann_*x*.json")), key=lambda n: tuple(map(int, n[4:].split("x"))))
+    for name in ["ann_quick"] + full:
+        parts.append(ann_section(load(name), name))
+    if load("search_overhead"):
+        parts.append(overhead_section(load("search_overhead")))
     if load("index_pipeline"):
         parts.append(pipeline_section(load("index_pipeline"), load("encode_speed")))
     if load("query_path"):
