@@ -23,7 +23,7 @@ from .routing import REJECT, SKIP, Router
 from .settings import BuildSettings
 from .sources import iter_sources
 from .stats import RunStats
-from .writer import ShardWriter
+from .writer import ShardWriter, warm_up_arrow
 
 _END = object()
 _SKIP = object()
@@ -114,6 +114,7 @@ class Pipeline:
 
     def _writer_loop(self) -> None:
         try:
+            warm_up_arrow()
             while True:
                 job = self._writes.get()
                 if job is _END:

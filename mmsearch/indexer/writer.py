@@ -59,6 +59,12 @@ def meta_table_of(ids: List[str], modalities: List[str], texts: List[Optional[st
     return build_meta_table(ids, modalities, texts, images, rows)
 
 
+def warm_up_arrow() -> None:
+    """pyarrow imports pandas (when installed, ~0.7 s) on its first `pa.array` of a list;
+    pay that while the model is busy rather than in the final, serial shard write."""
+    meta_table_of(["warm-up"], ["text"], ["warm-up"], [None], [{}])
+
+
 def meta_table(items: List[Prepared]):
     return meta_table_of([p.item.id for p in items], [p.modality for p in items], [p.item.text for p in items],
                          [p.image_ref for p in items], [p.metadata for p in items])
