@@ -1,4 +1,4 @@
-"""`mmsearch index build|add|delete|compact|verify|info`."""
+"""`mmsearch index build|add|delete|compact|verify|info|query-bank`."""
 from __future__ import annotations
 
 import sys
@@ -6,10 +6,14 @@ from pathlib import Path
 
 from ._common import print_json
 
+QUERIES_FILE_HELP = ("a text file with one query per line, JSONL with a \"text\" or \"query\" field (and an "
+                     "optional \"image\" path), or a .npy of precomputed embeddings")
+
 
 def register(sub) -> None:
     p = sub.add_parser("index", help="build and maintain indexes",
-                       description="Build, extend, delete from, compact, verify and describe indexes.")
+                       description="Build, extend, delete from, compact, verify and describe indexes, and write "
+                                   "their query banks.")
     isub = p.add_subparsers(dest="index_command", metavar="ACTION")
     _build_parser(isub)
     _add_parser(isub)
@@ -32,6 +36,7 @@ def register(sub) -> None:
     i.add_argument("index")
     i.add_argument("--json", action="store_true")
     i.set_defaults(handler=run_info)
+    _query_bank_parser(isub)
     p.set_defaults(handler=lambda args: (p.print_help(sys.stderr), 2)[1])
 
 
@@ -84,6 +89,9 @@ def _build_parser(isub) -> None:
     b.add_argument("--memory-budget", default=None, help="memory for the index at search time, e.g. 8G")
     b.add_argument("--shard-size", type=int, default=100_000)
     b.add_argument("--fresh", action="store_true", help="discard an existing index in --out and start over")
+    b.add_argument("--query-bank", default=None, metavar="FILE",
+                   help="typical queries for hubness reranking (" + QUERIES_FILE_HELP + "), embedded with --task's "
+                        "query instruction (none with --instruction) and stored as INDEX/query_bank.npy")
     b.set_defaults(handler=run_build)
 
 
@@ -94,6 +102,23 @@ def _add_parser(isub) -> None:
     a.add_argument("--on-duplicate", choices=("reject", "update"), default="reject",
                    help="an id already in the index: reject the new item, or replace the old one")
     a.set_defaults(handler=run_add)
+
+
+def _query_bank_parser(isub) -> None:
+    q = isub.add_parser("query-bank", help="(re)write the query bank hubness reranking normalises against",
+                        description="Embed typical queries with the index's model and a query instruction and "
+                                    "store them as INDEX/query_bank.npy (with query_bank.json saying how). "
+                                    "Searches with rerank=hubness then use it.")
+    q.add_argument("index")
+    q.add_argument("--queries", required=True, metavar="FILE", help=QUERIES_FILE_HELP)
+    g = q.add_mutually_exclusive_group()
+    g.add_argument("--task", default=None, help="embed with this task's query instruction, as `search --task` does")
+    g.add_argument("--instruction", default=None, help="query instruction, verbatim (default: none)")
+    q.add_argument("--device", default="auto", help="auto (GPU with bf16 when present), cpu, cuda")
+    q.add_argument("--batch-size", type=int, default=None)
+    q.add_argument("--no-progress", action="store_true")
+    q.add_argument("--json", action="store_true", help="print the bank's description as JSON")
+    q.set_defaults(handler=run_query_bank)
 
 
 def _options(args) -> dict:
@@ -140,7 +165,7 @@ def run_build(args) -> int:
 
     opts = _options(args)
     opts.update(task=args.task, instruction=args.instruction, index=args.index,
-                memory_budget=parse_size(args.memory_budget), shard_size=args.shard_size)
+                memory_budget=parse_size(args.memory_budget), shard_size=args.shard_size, query_bank=args.query_bank)
     return _finish(lambda: build_index(args.sources, args.out, model=args.model, fresh=args.fresh, **opts), args)
 
 
@@ -215,4 +240,18 @@ def run_info(args) -> int:
     for k, v in d["candidate_instruction"].items():
         print(f"instr      {k}: {v!r}")
     print(f"updated    {d['updated']}")
+    return 0
+
+
+def run_query_bank(args) -> int:
+    from ..indexer.query_bank import write_query_bank
+
+    bank = write_query_bank(args.index, args.queries, task=args.task, instruction=args.instruction,
+                            device=args.device, batch_size=args.batch_size, show_progress=not args.no_progress)
+    if args.json:
+        print_json(bank)
+    else:
+        task = f"task {bank['task']!r}, " if bank["task"] else ""
+        print(f"wrote {bank['path']}: {bank['count']} queries x {bank['dim']} dims ({task}query instruction "
+              f"{bank['instruction']!r})", file=sys.stderr)
     return 0

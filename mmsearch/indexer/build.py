@@ -16,16 +16,18 @@ from pathlib import Path
 from typing import List, Optional
 
 from ..errors import InputError, MMSearchError
-from ..index_format import atomic_write_json, check_model, model_info_of, remove_unlisted
+from ..index_format import atomic_write_json, check_model, model_info_of, read_manifest, remove_unlisted
 from ..store import Store
 from . import planner
 from .estimate import estimate_rows
 from .pipeline import Pipeline
+from .query_bank import BANK_FILE, BANK_INFO_FILE, load_bank_queries, store_query_bank
 from .settings import BuildSettings
 from .stats import RunStats
 from .writer import ShardWriter, reconcile
 
-FORMAT_FILES = ("manifest.json", "shards", "store.lmdb", "trained.faiss", "errors.jsonl", "stats.json")
+FORMAT_FILES = ("manifest.json", "shards", "store.lmdb", "trained.faiss", "errors.jsonl", "stats.json",
+                BANK_FILE, BANK_INFO_FILE)
 
 
 class TooManyRejections(MMSearchError):
@@ -105,10 +107,11 @@ def build_index(sources, out, model: Optional[str] = None, *, encoder=None, fres
     """
     settings = BuildSettings(model=model, engine=engine, ray_address=ray_address, **options)
     out = _index_dir(out)
+    bank_queries = _bank_queries(settings)
     with _exclusive(out):
         if fresh:
             _wipe(out)
-        return _run(_paths(sources), out, settings, encoder, adding=False)
+        return _run(_paths(sources), out, settings, encoder, bank_queries)
 
 
 def add_to_index(index_dir, sources, *, encoder=None, on_duplicate: str = "reject", engine: str = "local",
@@ -121,8 +124,9 @@ def add_to_index(index_dir, sources, *, encoder=None, on_duplicate: str = "rejec
     out = _index_dir(index_dir)
     if not (out / "manifest.json").is_file():
         raise InputError(f"{out} is not an mmsearch index (no manifest.json); build it with `mmsearch index build`")
+    bank_queries = _bank_queries(settings)
     with _exclusive(out):
-        return _run(_paths(sources), out, settings, encoder, adding=True)
+        return _run(_paths(sources), out, settings, encoder, bank_queries)
 
 
 def _instructions(settings: BuildSettings, manifest) -> dict:
@@ -168,7 +172,7 @@ def _plan(settings: BuildSettings, manifest, paths, dim: int) -> planner.Plan:
     return planner.plan(settings.index, dim, n, settings.memory_budget)
 
 
-def _run(paths: List[str], out: Path, settings: BuildSettings, encoder, adding: bool) -> BuildResult:
+def _run(paths: List[str], out: Path, settings: BuildSettings, encoder, bank_queries) -> BuildResult:
     from tqdm.auto import tqdm
 
     with _session(settings) as cluster, Store(out / "store.lmdb") as store:
@@ -196,7 +200,19 @@ def _run(paths: List[str], out: Path, settings: BuildSettings, encoder, adding: 
                 bar.close()
                 stats.stop()
                 _write_stats(out, stats, settings, writer, plan, runner.describe())
+        if bank_queries is not None:
+            _write_bank(out, bank_queries, settings, encoder)
         return _result(out, stats, writer, settings)
+
+
+def _bank_queries(settings: BuildSettings):
+    """The query bank's inputs, read before anything is written: a bad file fails fast."""
+    return None if settings.query_bank is None else load_bank_queries(settings.query_bank)
+
+
+def _write_bank(out: Path, bank_queries, settings: BuildSettings, encoder) -> None:
+    store_query_bank(out, read_manifest(out), bank_queries, task=settings.task, instruction=None, encoder=encoder,
+                     batch_size=settings.batch_size, show_progress=settings.show_progress)
 
 
 def _runner(cluster, paths, out, settings, encoder, store, writer, instructions, stats, errors, bar):

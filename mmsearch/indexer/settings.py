@@ -46,6 +46,9 @@ class BuildSettings:
     partition_size: int = 10_000         # records per partition (unit of work, retry and resume on Ray)
     ray_actors: Optional[int] = None     # encoder actors; None: one per GPU, else half the CPUs
     ray_actor_cpus: float = 1.0          # CPUs reserved per encoder actor
+    # Typical queries (a file, a list, or (n, dim) embeddings) written as INDEX/query_bank.npy after
+    # the run, for hubness reranking; encoded with `task`'s query instruction, else none.
+    query_bank: Any = None
 
     def __post_init__(self) -> None:
         for name in ("shard_size", "workers", "queue_size", "partition_size"):

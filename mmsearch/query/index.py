@@ -14,6 +14,7 @@ Deletions recorded in the store apply from the next call on.
 """
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -38,6 +39,7 @@ from .rerank import RerankContext, make_reranker, parse_rerank
 from .view import IndexView
 
 QUERY_BANK_FILE = "query_bank.npy"
+QUERY_BANK_INFO_FILE = "query_bank.json"  # how the indexer made the bank (mmsearch.indexer.query_bank)
 _CPUS = os.cpu_count() or 1
 
 
@@ -56,6 +58,7 @@ class Index:
         self._cost = CostModel()
         self._rerankers: Dict[str, Any] = {}
         self._bank: Optional[np.ndarray] = None
+        self._bank_info: Optional[dict] = None
 
     def view(self) -> IndexView:
         """The current snapshot (re-read when manifest.json has been replaced)."""
@@ -279,14 +282,34 @@ class Index:
         if self._bank is None:
             path = self.path / QUERY_BANK_FILE
             if not path.is_file():
-                raise InputError(f"hubness reranking needs a query bank: no {path}; pass "
-                                 f"Hubness(bank=query_embeddings) or write {QUERY_BANK_FILE} (float32 (n, "
-                                 f"{self.dim}) embeddings of typical queries)")
+                raise InputError(f"hubness reranking needs a query bank: no {path}; write one with `mmsearch "
+                                 f"index query-bank {self.path} --queries FILE`, or pass "
+                                 f"Hubness(bank=query_embeddings) (float32 (n, {self.dim}) embeddings of typical "
+                                 f"queries)")
             try:
-                self._bank = self.check_bank(np.load(path, allow_pickle=False))
+                bank = self.check_bank(np.load(path, allow_pickle=False))
             except (OSError, ValueError) as e:
                 raise IndexFormatError(f"cannot read the query bank {path}: {e}") from e
+            self._bank_info, self._bank = self._read_bank_info(len(bank)), bank
         return self._bank
+
+    def query_bank_info(self) -> Optional[dict]:
+        """How the query bank was made (``INDEX/query_bank.json``: task, instruction, count,
+        model), or None when that was not recorded (a bank written by hand)."""
+        self.query_bank()
+        return self._bank_info
+
+    def _read_bank_info(self, rows: int) -> Optional[dict]:
+        path = self.path / QUERY_BANK_INFO_FILE
+        try:
+            info = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            raise IndexFormatError(f"cannot read the query bank's description {path}: {e}") from e
+        if not isinstance(info, dict) or info.get("count") != rows:
+            return None  # not the description of this bank (replaced by hand): provenance unknown
+        return info
 
     def check_bank(self, bank: Any) -> np.ndarray:
         bank = np.asarray(bank)

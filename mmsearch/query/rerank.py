@@ -15,16 +15,20 @@ faiss pair (D, I) and returns them rescored and re-sorted; the search keeps the 
 - `VLMReranker` (module `mmsearch.query.vlm`): a vision-language model judges
   each (query, candidate) pair.
 
-``INDEX/query_bank.npy`` (optional; the indexer may write it): a float32 ``(n, dim)``
-array, ``np.save`` format, of L2-normalised embeddings of typical queries, made with
-the index's model and the query instruction searches will use (held-out queries or
-captions of the corpus's domain; n of 1k-10k is plenty). It is not listed in the
-manifest and is read once per open index.
+``INDEX/query_bank.npy`` (optional): a float32 ``(n, dim)`` array, ``np.save`` format,
+of L2-normalised embeddings of typical queries, made with the index's model and the
+query instruction searches will use (held-out queries or captions of the corpus's
+domain; n of 1k-10k is plenty). The indexer writes it with ``build_index(...,
+query_bank=FILE)`` or ``mmsearch index query-bank INDEX --queries FILE --task T``
+(`mmsearch.indexer.query_bank`), together with ``query_bank.json`` recording the task
+and instruction it was made with; a search with another query instruction then gets
+a warning. Neither file is listed in the manifest; they are read once per open index.
 """
 from __future__ import annotations
 
 import math
 import threading
+import warnings
 import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional, Sequence, Tuple
@@ -146,7 +150,8 @@ class Hubness:
         index = ctx.index
         if not index.keep_max:
             raise InputError("the hubness reranker needs an inner-product index; this one uses l2")
-        bank, hubs = self._state(ctx)
+        bank, hubs, made_with = self._state(ctx)
+        _warn_other_instruction(ctx.queries, made_with)
         rows, inverse = np.unique(I[I >= 0], return_inverse=True)
         vectors = ctx.view.vectors(rows, exact=True)
         log_z = _bank_log_partition(bank, vectors, self.beta)
@@ -158,19 +163,35 @@ class Hubness:
             normalised = np.where(apply[:, None], normalised, sims)
         return sort_result(normalised, I, keep_max=True)
 
-    def _state(self, ctx: RerankContext) -> Tuple[np.ndarray, np.ndarray]:
-        """(bank, activation set) for the index version of `ctx`, computed once."""
+    def _state(self, ctx: RerankContext) -> Tuple[np.ndarray, np.ndarray, Optional[dict]]:
+        """(bank, activation set, how the bank was made or None) for the index version
+        of `ctx`, computed once."""
         index = ctx.index
         with self._lock:
             state = self._cache.get(ctx.view)
             if state is None:
                 bank = index.query_bank() if self.bank is None else index.check_bank(self.bank)
+                made_with = index.query_bank_info() if self.bank is None else None
                 hubs = np.empty(0, dtype=np.int64)
                 if self.method == "dis":
                     _, top = index.search_vectors(bank, self.activation_k)
                     hubs = np.unique(top[top >= 0])
-                state = self._cache[ctx.view] = (bank, hubs)
+                state = self._cache[ctx.view] = (bank, hubs, made_with)
         return state
+
+
+def _warn_other_instruction(queries: Optional[Sequence[Query]], made_with: Optional[dict]) -> None:
+    """A bank embedded with another query instruction sits elsewhere in the space than
+    these queries, so its normalisation is off: say so (the scores are still returned)."""
+    if queries is None or made_with is None or "instruction" not in made_with:
+        return
+    other = sorted({q.instruction or "" for q in queries} - {made_with["instruction"] or ""})
+    if other:
+        task = f" (task {made_with['task']!r})" if made_with.get("task") else ""
+        warnings.warn(f"the index's query bank was made with query instruction {made_with['instruction']!r}{task}, "
+                      f"this search uses {other[0]!r}; hubness scores assume the same instruction: rewrite the bank "
+                      f"with `mmsearch index query-bank INDEX --queries FILE --task ...` or pass Hubness(bank=...)",
+                      UserWarning, stacklevel=4)
 
 
 def _bank_log_partition(bank: np.ndarray, vectors: np.ndarray, beta: float) -> np.ndarray:
