@@ -33,7 +33,7 @@ import pyarrow.ipc as ipc
 from mmsearch.errors import IndexFormatError, InputError
 from mmsearch.index_manifest import (
     DEFAULT_INSTRUCTION_KEY, ERRORS_FILE, FORMAT_VERSION, INDEX_FILE, MANIFEST_FILE, META_FILE,
-    METRICS, SHARDS_DIR, STATS_FILE, STORE_DIR, TMP_MARK, TRAINED_FILE, VECTORS_FILE, FaissSpec,
+    METRICS, QUERY_BANK_FILE, QUERY_BANK_INFO_FILE, SHARDS_DIR, STATS_FILE, STORE_DIR, TMP_MARK, TRAINED_FILE, VECTORS_FILE, FaissSpec,
     FileInfo, Manifest, ModelInfo, PathLike, ShardInfo, atomic_write_bytes, atomic_write_json,
     check_model, fsync_dir, fsync_file, model_info_of, read_manifest, sha256_file, tmp_name, utc_now,
     write_manifest)
@@ -42,7 +42,7 @@ from mmsearch.index_manifest import (
 __all__ = [
     # layout and version
     "FORMAT_VERSION", "MANIFEST_FILE", "TRAINED_FILE", "SHARDS_DIR", "INDEX_FILE", "META_FILE",
-    "VECTORS_FILE", "STORE_DIR", "ERRORS_FILE", "STATS_FILE", "META_COLUMNS", "METRICS",
+    "VECTORS_FILE", "STORE_DIR", "ERRORS_FILE", "STATS_FILE", "QUERY_BANK_FILE", "QUERY_BANK_INFO_FILE", "META_COLUMNS", "METRICS",
     "DEFAULT_INSTRUCTION_KEY", "TMP_MARK",
     # manifest
     "Manifest", "ModelInfo", "model_info_of", "FaissSpec", "ShardInfo", "FileInfo", "read_manifest",

@@ -1,4 +1,4 @@
-"""`mmsearch train`: contrastive training of a VLM2Vec encoder on MMEB-train tables."""
+"""`mmsearch train`: contrastive (or generative) training of a VLM2Vec encoder on MMEB-train tables."""
 from __future__ import annotations
 
 import sys
@@ -10,6 +10,7 @@ EPILOG = """examples:
   mmsearch train --data train.jsonl --model run1 --mine-negatives auto --mine-every 500 --out run2
   mmsearch train --data train.parquet --scratch hidden=192,layers=3 --vocab-size 900 --lr 5e-4 --warmup 50 \\
       --temperature 0.05 --learn-temperature --batch-size 96 --out tiny
+  mmsearch train --data read.parquet --scratch --objective generate --out read   # a reading stage
   mmsearch train ... --out run1 --resume        # continue from the last checkpoint in run1
 """
 
@@ -78,6 +79,9 @@ def _optim_args(p) -> None:
     g.add_argument("--schedule", choices=("cosine", "linear", "constant"), default="cosine",
                    help="decay after warmup (default: %(default)s)")
     g.add_argument("--max-grad-norm", type=float, default=1.0, help="0 disables clipping (default: %(default)s)")
+    g.add_argument("--objective", choices=("contrastive", "generate"), default="contrastive",
+                   help="contrastive: InfoNCE; generate: next-token prediction of the positive's text given the "
+                        "query (e.g. page image -> its title, a reading stage) (default: %(default)s)")
     g.add_argument("--temperature", type=float, default=0.02,
                    help="InfoNCE temperature (initial value if learnt) (default: %(default)s)")
     g.add_argument("--learn-temperature", action="store_true", help="learn it (log-parameterised)")
@@ -152,9 +156,9 @@ def settings_from_args(args):
     return TrainSettings(
         data=tuple(args.data), out=args.out, model=args.model, image_root=args.image_root,
         init="config" if args.init_from_config else "pretrained", scratch=scratch, lora=lora,
-        save_adapter=args.save_adapter, batch_size=args.batch_size, chunk_size=args.chunk_size,
-        grad_accum=args.grad_accum, max_steps=args.max_steps, epochs=args.epochs, lr=args.lr,
-        weight_decay=args.weight_decay, warmup=args.warmup if args.warmup < 1 else int(args.warmup),
+        objective=args.objective, save_adapter=args.save_adapter, batch_size=args.batch_size,
+        chunk_size=args.chunk_size, grad_accum=args.grad_accum, max_steps=args.max_steps, epochs=args.epochs,
+        lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup if args.warmup < 1 else int(args.warmup),
         schedule=args.schedule, max_grad_norm=args.max_grad_norm or None, temperature=args.temperature,
         learn_temperature=args.learn_temperature, data_negatives=not args.no_data_negatives, mining=mining,
         seed=args.seed, device=args.device, threads=args.threads, precision=args.precision, save_every=args.save_every,

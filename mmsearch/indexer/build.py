@@ -16,18 +16,19 @@ from pathlib import Path
 from typing import List, Optional
 
 from ..errors import InputError, MMSearchError
-from ..index_format import atomic_write_json, check_model, model_info_of, read_manifest, remove_unlisted
+from ..index_format import (QUERY_BANK_FILE, QUERY_BANK_INFO_FILE, atomic_write_json, check_model, model_info_of,
+                            read_manifest, remove_unlisted)
 from ..store import Store
 from . import planner
 from .estimate import estimate_rows
 from .pipeline import Pipeline
-from .query_bank import BANK_FILE, BANK_INFO_FILE, load_bank_queries, store_query_bank
+from .query_bank import load_bank_queries, store_query_bank
 from .settings import BuildSettings
 from .stats import RunStats
 from .writer import ShardWriter, reconcile
 
 FORMAT_FILES = ("manifest.json", "shards", "store.lmdb", "trained.faiss", "errors.jsonl", "stats.json",
-                BANK_FILE, BANK_INFO_FILE)
+                QUERY_BANK_FILE, QUERY_BANK_INFO_FILE)
 
 
 class TooManyRejections(MMSearchError):

@@ -24,15 +24,13 @@ import numpy as np
 from PIL import Image
 
 from ..errors import InputError
-from ..index_format import (atomic_write_bytes, atomic_write_json, check_model, model_info_of, read_manifest,
-                            utc_now)
+from ..index_format import (QUERY_BANK_FILE, QUERY_BANK_INFO_FILE, atomic_write_bytes, atomic_write_json, check_model,
+                            model_info_of, read_manifest, utc_now)
 from ..tasks import resolve_instruction
 from ..types import Query
 from .settings import BuildSettings
 
 # Read by the query engine under the same names (mmsearch.query.index).
-BANK_FILE = "query_bank.npy"
-BANK_INFO_FILE = "query_bank.json"
 TEXT_FIELDS = ("text", "query")
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 
@@ -78,7 +76,7 @@ def store_query_bank(out: Path, manifest, bank_queries, *, task: Optional[str], 
     info = {"model": manifest.model.id, "weight_hash": manifest.model.weight_hash, "dim": dim,
             "count": len(bank), "task": task, "instruction": chosen, "created": utc_now()}
     _save(out, bank, info)
-    return {"path": str(out / BANK_FILE), **info}
+    return {"path": str(out / QUERY_BANK_FILE), **info}
 
 
 def bank_instruction(task: Optional[str], instruction: Optional[str]) -> str:
@@ -178,6 +176,6 @@ def _save(out: Path, bank: np.ndarray, info: dict) -> None:
     bank without provenance, never a bank with someone else's."""
     buffer = io.BytesIO()
     np.save(buffer, bank, allow_pickle=False)
-    (out / BANK_INFO_FILE).unlink(missing_ok=True)
-    atomic_write_bytes(out / BANK_FILE, buffer.getvalue())
-    atomic_write_json(out / BANK_INFO_FILE, info)
+    (out / QUERY_BANK_INFO_FILE).unlink(missing_ok=True)
+    atomic_write_bytes(out / QUERY_BANK_FILE, buffer.getvalue())
+    atomic_write_json(out / QUERY_BANK_INFO_FILE, info)

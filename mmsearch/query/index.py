@@ -27,7 +27,8 @@ import numpy as np
 from mmsearch.encoders import load_encoder
 from mmsearch.errors import ImageError, IndexFormatError, InputError, ModelLoadError
 from mmsearch.images import load_image
-from mmsearch.index_format import ModelInfo, PathLike, check_model, model_info_of
+from mmsearch.index_format import (QUERY_BANK_FILE, QUERY_BANK_INFO_FILE, ModelInfo, PathLike, check_model,
+                                   model_info_of)
 
 from .filtered import FilterPolicy, search_shard
 from .filters import Filter, parse_filter
@@ -38,8 +39,6 @@ from .queries import as_queries, with_instruction
 from .rerank import RerankContext, make_reranker, parse_rerank
 from .view import IndexView
 
-QUERY_BANK_FILE = "query_bank.npy"
-QUERY_BANK_INFO_FILE = "query_bank.json"  # how the indexer made the bank (mmsearch.indexer.query_bank)
 _CPUS = os.cpu_count() or 1
 
 

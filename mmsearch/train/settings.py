@@ -18,6 +18,7 @@ DEFAULT_LORA_TARGETS = r"^(?!.*visual).*\.(q_proj|k_proj|v_proj|o_proj|gate_proj
 SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")
 INITS = ("pretrained", "config")
+OBJECTIVES = ("contrastive", "generate")
 
 
 def _positive_int(name: str, value, allow_zero: bool = False) -> None:
@@ -116,6 +117,7 @@ class TrainSettings:
     init: str = "pretrained"              # "config": the model's architecture, random weights
     scratch: Optional[ScratchSettings] = None
     lora: Optional[LoraSettings] = None   # None: full fine-tuning
+    objective: str = "contrastive"        # or "generate": predict the positive's text from the query
     save_adapter: bool = False            # output the LoRA adapter instead of merged weights
     batch_size: int = 64                  # queries per contrastive batch
     chunk_size: Optional[int] = None      # GradCache sub-batch; None: the whole batch at once
@@ -152,6 +154,10 @@ class TrainSettings:
         _choice("init", self.init, INITS)
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("precision", self.precision, PRECISIONS)
+        _choice("objective", self.objective, OBJECTIVES)
+        if self.objective == "generate" and self.mining is not None:
+            raise InputError("mined negatives (mining / --mine-negatives) need objective contrastive; "
+                             "generation uses no negatives")
         for name in ("batch_size", "grad_accum", "log_every", "keep_checkpoints"):
             _positive_int(name, getattr(self, name))
         _positive_int("save_every", self.save_every, allow_zero=True)

@@ -1,9 +1,11 @@
 """`train(settings)`: contrastive training of a VLM2Vec encoder (the recipe of
 VLM2Vec: InfoNCE over in-batch negatives plus hard negatives, LoRA or full
-fine-tuning, GradCache), with mined hard negatives and exact resumption.
+fine-tuning, GradCache), with mined hard negatives and exact resumption; or, with
+objective "generate", next-token prediction of the positive's text given the
+query (see `generate`), e.g. a reading stage before contrastive training.
 
-One optimizer step = `grad_accum` contrastive batches of `batch_size` queries
-(each batch its own softmax), gradients summed over them (scaled by
+One optimizer step = `grad_accum` batches of `batch_size` queries (each
+contrastive batch its own softmax), gradients summed over them (scaled by
 1/grad_accum), clipped, then AdamW with warmup and cosine/linear/constant decay.
 Everything random is seeded: the data order and negative draws by `seed` and
 the step, dropout by the torch RNG (saved in checkpoints); the caller's global
@@ -29,6 +31,7 @@ from ..errors import InputError
 from . import checkpoint as ckpt
 from .batches import BatchBuilder, DataOrder, ImageCache
 from .data import read_train_data
+from .generate import generation_backward, generation_data
 from .gradcache import contrastive_backward
 from .loss import Temperature, false_negative_mask, info_nce
 from .mining import Miner
@@ -79,7 +82,7 @@ class Trainer:
         self.out = Path(s.out)
         self.out.mkdir(parents=True, exist_ok=True)
         state = self._resume_state()
-        self.data = read_train_data(s.data, s.image_root, s.data_negatives)
+        self.data = self._read_data()
         self._write_rejections()
         self.model = build_model(s, starting_checkpoint(s, self.out, self.data.texts, resuming=state is not None))
         self.encoder = self.model.encoder
@@ -137,11 +140,13 @@ class Trainer:
             if len(batch.queries) < 2:
                 log.warning("step %d: batch %d has fewer than 2 usable examples; skipped", self.step, m)
                 continue
-            mask = false_negative_mask(batch.positives, batch.candidate_keys)
-            loss_fn = lambda q, c: info_nce(q, c, self.temperature.scale(), mask)  # noqa: E731
-            losses.append(float(contrastive_backward(self.encoder, batch.queries, batch.candidates, loss_fn,
-                                                     s.chunk_size, 1.0 / s.grad_accum, self.autocast)))
-            seqs += len(batch.queries) + len(batch.candidates)
+            if s.objective == "generate":
+                losses.append(generation_backward(self.encoder, batch.queries, [p.text for p in batch.positives],
+                                                  s.chunk_size, 1.0 / s.grad_accum, self.autocast))
+                seqs += len(batch.queries)
+            else:
+                losses.append(self._contrastive_backward(batch))
+                seqs += len(batch.queries) + len(batch.candidates)
         if s.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(self._params(), s.max_grad_norm)
         self.optimizer.step()
@@ -150,6 +155,19 @@ class Trainer:
         self.sequences += seqs
         self.last_loss = float(np.mean(losses)) if losses else None
         return self.last_loss, seqs
+
+    def _contrastive_backward(self, batch) -> float:
+        s = self.settings
+        mask = false_negative_mask(batch.positives, batch.candidate_keys)
+        loss_fn = lambda q, c: info_nce(q, c, self.temperature.scale(), mask)  # noqa: E731
+        return float(contrastive_backward(self.encoder, batch.queries, batch.candidates, loss_fn, s.chunk_size,
+                                          1.0 / s.grad_accum, self.autocast))
+
+    def _read_data(self):
+        s = self.settings
+        if s.objective == "generate":  # hard negatives play no part in generation
+            return generation_data(read_train_data(s.data, s.image_root, negatives=False))
+        return read_train_data(s.data, s.image_root, s.data_negatives)
 
     def _params(self):
         return [p for g in self.optimizer.param_groups for p in g["params"]]
@@ -209,7 +227,7 @@ class Trainer:
     def _run_facts(self) -> dict:
         s = self.settings
         return {"examples": len(self.data.examples), "batch_size": s.batch_size, "grad_accum": s.grad_accum,
-                "seed": s.seed, "lora": s.lora is not None}
+                "seed": s.seed, "lora": s.lora is not None, "objective": s.objective}
 
     def state(self) -> dict:
         rng = {"cpu": torch.get_rng_state()}
@@ -224,8 +242,9 @@ class Trainer:
                 "scheduler": self.scheduler.state_dict(), "sequences": self.sequences}
 
     def _restore(self, state: dict) -> None:
-        if state["run"] != self._run_facts():
-            raise InputError(f"cannot resume: the checkpoint's run {state['run']} differs from this one "
+        saved = {"objective": "contrastive", **state["run"]}  # checkpoints from before objectives were contrastive
+        if saved != self._run_facts():
+            raise InputError(f"cannot resume: the checkpoint's run {saved} differs from this one "
                              f"{self._run_facts()}; use the same data and settings")
         params = self.model.trainable()
         missing = sorted(set(params) ^ set(state["trainable"]))
