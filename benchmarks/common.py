@@ -56,14 +56,22 @@ def best_time(fn: Callable[[], object], repeat: int = 3) -> float:
 def environment() -> Dict[str, object]:
     import faiss
 
-    versions = {"numpy": np.__version__, "faiss": faiss.__version__}
-    for mod in ("hnswlib", "usearch", "lancedb", "torch", "pyarrow"):
-        try:
-            versions[mod] = getattr(__import__(mod), "__version__", "installed")
-        except ImportError:
-            pass
     return {"date": time.strftime("%Y-%m-%d"), "cpu": _cpu(), "cores": os.cpu_count(),
-            "faiss_threads": faiss.omp_get_max_threads(), "python": platform.python_version(), "versions": versions}
+            "faiss_threads": faiss.omp_get_max_threads(), "python": platform.python_version(), "versions": versions()}
+
+
+def versions() -> Dict[str, str]:
+    """Installed versions of the libraries the benchmarks compare or run on."""
+    from importlib import metadata
+
+    out = {}
+    for dist in ("numpy", "faiss-cpu", "faiss-gpu", "hnswlib", "usearch", "lancedb", "torch", "transformers",
+                 "pyarrow"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
 
 
 def _cpu() -> str:

@@ -24,7 +24,7 @@ def ann_section(ann, name):
     env = ann["environment"]
     threads = env.get("threads", env["cores"])
     parts = [f"**ANN** ({env['date']}, {env['cpu']}, every library on {threads} thread(s) of {env['cores']} cores, "
-             f"faiss {env['versions'].get('faiss')}; clustered synthetic vectors, 1000 queries as one batch, "
+             f"faiss {env['versions'].get('faiss-cpu') or env['versions'].get('faiss')}; clustered synthetic vectors, 1000 queries as one batch, "
              f"recall@10 against exact search):"]
     for size in ann["sizes"]:
         rows = [[m["method"], m.get("factory", ""), m.get("build_s", "-"), m.get("bytes_per_vector", "-"),
@@ -81,9 +81,11 @@ def query_section(qp, load_test):
 
 
 def main():
-    parts = ["Measured on this project's development machine (2 cores, no GPU). Rerun with "
-             "`pip install -e '.[bench]'` and the scripts in `benchmarks/` (`--quick` for a few minutes each); "
-             "each writes JSON, Markdown and PNG to `benchmarks/results/`."]
+    env = load("ann_quick")["environment"]
+    libs = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
+    parts = [f"Measured on this project's development machine ({env['cpu']}, {env['cores']} cores, no GPU; Python "
+             f"{env['python']}; {libs}). Rerun with `pip install -e '.[bench]'` and the scripts in `benchmarks/` "
+             "(`--quick` for a few minutes each); each writes JSON, Markdown and PNG to `benchmarks/results/`."]
     full = sorted((p.stem for p in RESULTS.glob("ann_*x*.json")), key=lambda n: tuple(map(int, n[4:].split("x"))))
     for name in ["ann_quick"] + full:
         parts.append(ann_section(load(name), name))
