@@ -20,6 +20,11 @@ def table(headers, rows):
     return "\n".join(out + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
 
 
+def defaults_cell(m):
+    dflt = m.get("defaults")
+    return f"{dflt['recall']}, {dflt['qps']}" if dflt and dflt["params"] else "-"
+
+
 def ann_section(ann, name):
     env = ann["environment"]
     threads = env.get("threads", env["cores"])
@@ -29,10 +34,10 @@ def ann_section(ann, name):
     for size in ann["sizes"]:
         rows = [[m["method"], m.get("factory", ""), m.get("build_s", "-"), m.get("bytes_per_vector", "-"),
                  m.get("qps_at_recall_0.95") or m.get("skipped", "not reached"),
-                 max((p[0] for p in m.get("points", [])), default="-")] for m in size["methods"]]
+                 max((p[0] for p in m.get("points", [])), default="-"), defaults_cell(m)] for m in size["methods"]]
         parts += [f"\n{size['n']:,} x {size['d']}:\n",
-                  table(["method", "index", "build s", "bytes/vector", "QPS at recall@10 >= 0.95", "best recall"],
-                        rows), f"\n![ANN {size['n']}x{size['d']}](benchmarks/results/{name}.png)"]
+                  table(["method", "index", "build s", "bytes/vector", "QPS at recall@10 >= 0.95", "best recall",
+                         "build-time defaults: recall, QPS"], rows), f"\n![ANN {size['n']}x{size['d']}](benchmarks/results/{name}.png)"]
     return "\n".join(parts)
 
 

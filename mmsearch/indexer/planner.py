@@ -10,6 +10,7 @@ index (the query engine can still rescore from vectors.npy).
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Optional
 
@@ -26,6 +27,7 @@ TUNE_QUERIES = 256
 TRAIN_PER_LIST = (40, 256)
 TRAIN_MIN = 100_000
 NPROBES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+K_FACTORS = (8, 16, 32, 64, 128, 256)   # refine candidates per result, tried by tune_filled
 
 
 @dataclass(frozen=True)
@@ -113,30 +115,71 @@ def train(p: Plan, dim: int, sample: np.ndarray):
 
 
 def tune(template, factory: str, vectors: np.ndarray, target: float, k: int = 10) -> dict:
-    """The smallest nprobe reaching recall@k >= target, measured on a copy of the
-    trained `template` filled with `vectors` and queried with a sample of them."""
+    """Search defaults reaching recall@k >= target, measured on a copy of the trained
+    `template` filled with `vectors` and queried with a sample of them (`tune_filled`)."""
     import faiss
 
-    ivf = _ivf_of(template)
-    if ivf is None or len(vectors) == 0:
+    if _ivf_of(template) is None or len(vectors) == 0:
         return {}
     index = faiss.clone_index(template)
     index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    return tune_filled(index, factory, vectors, target, k)
+
+
+def tune_filled(index, factory: str, vectors: np.ndarray, target: float, k: int = 10) -> dict:
+    """The fastest (nprobe, k_factor) reaching recall@k >= target on `index` (holding
+    `vectors`), against exact search for a sample of them as queries.
+
+    nprobe alone is not enough: with more vectors, more of them outrank the true
+    neighbours on their PQ codes, so the refine stage must see more candidates
+    (at 1M x 768, k_factor 8 caps recall near 0.5 at any nprobe; 128 reaches 1.0).
+    For each k_factor the smallest sufficient nprobe is found, then the pairs are
+    timed. Returns the best effort (highest recall) when none reaches the target."""
+    import faiss
+
     ivf = _ivf_of(index)
+    if ivf is None or len(vectors) == 0:
+        return {}
     rng = np.random.default_rng(0)
     q = vectors[rng.choice(len(vectors), size=min(TUNE_QUERIES, len(vectors)), replace=False)]
     q = np.ascontiguousarray(q, dtype=np.float32)
     _, truth = faiss.knn(q, np.ascontiguousarray(vectors, dtype=np.float32), min(k, len(vectors)),
                          metric=faiss.METRIC_INNER_PRODUCT)
     refine = factory.endswith(",RFlat")
-    best = {}
-    for nprobe in (n for n in NPROBES if n <= ivf.nlist):
-        params = faiss.SearchParametersIVF(nprobe=nprobe)
-        if refine:
-            params = faiss.IndexRefineSearchParameters(k_factor=8, base_index_params=params)
-        _, got = index.search(q, truth.shape[1], params=params)
-        recall = np.mean([len(set(g) & set(t)) / len(t) for g, t in zip(got, truth)])
-        best = {"nprobe": nprobe, "recall_at_10": round(float(recall), 4), **({"k_factor": 8} if refine else {})}
-        if recall >= target:
-            break
+    reached, best_effort = [], None
+    for k_factor in (K_FACTORS if refine else (None,)):
+        previous = -1.0
+        for nprobe in (n for n in NPROBES if n <= ivf.nlist):
+            params = _params(nprobe, k_factor)
+            recall = _recall(index.search(q, truth.shape[1], params=params)[1], truth)
+            found = {"nprobe": nprobe, "recall_at_10": round(recall, 4), **({"k_factor": k_factor} if refine else {})}
+            if best_effort is None or recall > best_effort["recall_at_10"]:
+                best_effort = found
+            if recall >= target:
+                reached.append((_seconds(index, q, truth.shape[1], params), found))
+                break
+            if recall <= previous:  # more lists no longer help: the refine stage is the limit
+                break
+            previous = recall
+    return min(reached, key=lambda r: r[0])[1] if reached else best_effort
+
+
+def _params(nprobe: int, k_factor: Optional[int]):
+    import faiss
+
+    params = faiss.SearchParametersIVF(nprobe=nprobe)
+    return params if k_factor is None else faiss.IndexRefineSearchParameters(k_factor=k_factor,
+                                                                             base_index_params=params)
+
+
+def _recall(got: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(g) & set(t)) / len(t) for g, t in zip(got, truth)]))
+
+
+def _seconds(index, q: np.ndarray, k: int, params, repeat: int = 2) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        index.search(q, k, params=params)
+        best = min(best, time.perf_counter() - t0)
     return best

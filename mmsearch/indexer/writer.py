@@ -7,6 +7,7 @@ in between, so the manifest stays the single source of truth.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, List, Mapping, Optional
@@ -15,11 +16,13 @@ import numpy as np
 
 from ..errors import InputError
 from ..index_format import (FaissSpec, Manifest, ModelInfo, ShardInfo, build_meta_table, new_shard_index,
-                            open_shard_meta, read_manifest, shard_name, write_manifest, write_shard,
-                            write_trained_template)
+                            open_shard_index, open_shard_meta, read_manifest, shard_name, write_manifest,
+                            write_shard, write_trained_template)
 from ..store import Store
 from . import planner
 from .prepare import Prepared
+
+RETUNE_GROWTH = 1.5  # re-tune when a shard holds this many times the vectors the defaults were tuned on
 
 SYNCED_KEY = "synced_next_row"
 
@@ -119,6 +122,7 @@ class ShardWriter:
         self.pending = Pending()
         self.rows_written = 0
         self.tuning: dict = {}
+        self.tuned_rows = 0
 
     @property
     def ready(self) -> bool:
@@ -149,11 +153,26 @@ class ShardWriter:
         """Create the manifest, training the index on `sample` first when the spec needs it."""
         self.manifest, self.tuning = start_manifest(self.index_dir, self.model, self.instructions, self.plan,
                                                     sample, self.recall_target, self.extra)
+        self.tuned_rows = 0 if sample is None else len(sample)
 
     def _commit(self, items: List[Prepared], vectors: np.ndarray) -> None:
         info = write_rows(self.index_dir, self.manifest, next_shard_number(self.manifest), self.manifest.next_row,
                           meta_table(items), vectors, self.store_vectors)
+        self._retune(info, vectors)
         self.commit([info], [p.item.id for p in items])
+
+    def _retune(self, info: ShardInfo, vectors: np.ndarray) -> None:
+        """Re-tune the search defaults on the first shard much bigger than the training
+        sample they were tuned on: a denser index needs more nprobe / refine candidates
+        for the same recall. The new defaults are committed with this shard's manifest."""
+        if not self.tuning or len(vectors) < RETUNE_GROWTH * max(self.tuned_rows, 1):
+            return
+        index = open_shard_index(self.index_dir, info, mmap=False)
+        self.tuning = planner.tune_filled(index, self.plan.factory, vectors, self.recall_target)
+        self.tuned_rows = len(vectors)
+        params = {k: v for k, v in self.tuning.items() if k in ("nprobe", "k_factor")}
+        spec = dataclasses.replace(self.manifest.faiss, search_params=params)
+        self.manifest = dataclasses.replace(self.manifest, faiss=spec)
 
     def commit(self, infos: List[ShardInfo], item_ids: List[str]) -> None:
         """List written shards in the manifest (one atomic replace), then point their ids
