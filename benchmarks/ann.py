@@ -46,7 +46,7 @@ def mmsearch_method(name, factory, xb, xq, gt, work, sweep):
     _, I = idx.search_vectors(xq, K)  # the defaults tuned at build time: what a user gets without params
     defaults = {"params": dict(m.faiss.search_params), "recall": round(recall_at(I, gt), 4),
                 "qps": round(len(xq) / best_time(lambda: idx.search_vectors(xq, K)), 1)}
-    points = []
+    points = [(defaults["recall"], defaults["qps"], defaults["params"])] if defaults["params"] else []
     for params in sweep(m.faiss.factory):
         _, I = idx.search_vectors(xq, K, params=params)
         secs = best_time(lambda: idx.search_vectors(xq, K, params=params))
