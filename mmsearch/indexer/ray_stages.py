@@ -213,7 +213,7 @@ def write_partition(index_dir: str, spec: dict, part: int, picks: Dict[str, List
         lo, hi = k * shard_size, min(count, (k + 1) * shard_size)
         meta = meta_table_of(cols["id"][lo:hi], cols["modality"][lo:hi], cols["text"][lo:hi],
                              cols["image"][lo:hi], metadata[lo:hi])
-        info = write_rows(index_dir, manifest, number, first_row + lo, meta, vectors[lo:hi], store_vectors)
+        info, _ = write_rows(index_dir, manifest, number, first_row + lo, meta, vectors[lo:hi], store_vectors)
         shards.append(info.to_dict())
     thumbnails = {i: t for i, t in zip(cols["id"], cols["thumbnail"]) if t}
     return {"shards": shards, "ids": cols["id"], "thumbnails": thumbnails, "seconds": time.perf_counter() - t0}

@@ -10,14 +10,14 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any, Callable, List, Mapping, Optional
+from typing import Any, Callable, List, Mapping, Optional, Tuple
 
 import numpy as np
 
 from ..errors import InputError
 from ..index_format import (FaissSpec, Manifest, ModelInfo, ShardInfo, build_meta_table, new_shard_index,
-                            open_shard_index, open_shard_meta, read_manifest, shard_name, write_manifest,
-                            write_shard, write_trained_template)
+                            open_shard_meta, read_manifest, shard_name, write_manifest, write_shard,
+                            write_trained_template)
 from ..store import Store
 from . import planner
 from .prepare import Prepared
@@ -74,14 +74,15 @@ def meta_table(items: List[Prepared]):
 
 
 def write_rows(index_dir, manifest: Manifest, number: int, first_row: int, meta, vectors: np.ndarray,
-               store_vectors: bool) -> ShardInfo:
+               store_vectors: bool) -> Tuple[ShardInfo, Any]:
     """Write shard `number` holding global rows [first_row, first_row + len(vectors)).
-    Not visible until a manifest lists it (`ShardWriter.commit`)."""
+    Not visible until a manifest lists it (`ShardWriter.commit`). Returns its ShardInfo
+    and the filled faiss index (still in memory, for tuning)."""
     ids = np.arange(first_row, first_row + len(vectors), dtype=np.int64)
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     index = new_shard_index(index_dir, manifest)
     index.add_with_ids(vectors, ids)
-    return write_shard(index_dir, shard_name(number), index, ids, meta, vectors if store_vectors else None)
+    return write_shard(index_dir, shard_name(number), index, ids, meta, vectors if store_vectors else None), index
 
 
 def start_manifest(index_dir, model: ModelInfo, instructions: dict, plan: planner.Plan,
@@ -156,18 +157,17 @@ class ShardWriter:
         self.tuned_rows = 0 if sample is None else len(sample)
 
     def _commit(self, items: List[Prepared], vectors: np.ndarray) -> None:
-        info = write_rows(self.index_dir, self.manifest, next_shard_number(self.manifest), self.manifest.next_row,
-                          meta_table(items), vectors, self.store_vectors)
-        self._retune(info, vectors)
+        info, index = write_rows(self.index_dir, self.manifest, next_shard_number(self.manifest),
+                                 self.manifest.next_row, meta_table(items), vectors, self.store_vectors)
+        self._retune(index, vectors)
         self.commit([info], [p.item.id for p in items])
 
-    def _retune(self, info: ShardInfo, vectors: np.ndarray) -> None:
+    def _retune(self, index, vectors: np.ndarray) -> None:
         """Re-tune the search defaults on the first shard much bigger than the training
         sample they were tuned on: a denser index needs more nprobe / refine candidates
         for the same recall. The new defaults are committed with this shard's manifest."""
         if not self.tuning or len(vectors) < RETUNE_GROWTH * max(self.tuned_rows, 1):
             return
-        index = open_shard_index(self.index_dir, info, mmap=False)
         self.tuning = planner.tune_filled(index, self.plan.factory, vectors, self.recall_target)
         self.tuned_rows = len(vectors)
         params = {k: v for k, v in self.tuning.items() if k in ("nprobe", "k_factor")}
