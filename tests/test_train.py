@@ -244,6 +244,22 @@ def test_lora_adapter_export_loads(tmp_path, tiny_dir, data_dir):
     assert (out / "model.safetensors").is_file() and not (out / "adapter_config.json").exists()
 
 
+def test_frozen_parameters_stay_fixed_and_the_rest_learn(tmp_path, tiny_dir, data_dir):
+    tiny = tiny_dir("qwen2_vl")
+    frozen = r"^(model\.language_model|lm_head)\."   # teach only the vision tower, as a reading stage does
+    settings = _settings(tmp_path, tiny, data=data_dir / "mixed.jsonl", max_steps=3, freeze=frozen)
+    train(settings)
+    before, after = _weights(Path(tiny)), _weights(Path(settings.out))
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    # the saved names drop the "model." prefix of the vision tower; everything else is the language model
+    assert changed and all("visual." in n for n in changed), sorted(changed)[:3]
+    assert any("visual.merger." in n for n in changed) and any("visual.blocks." in n for n in changed)
+    with pytest.raises(InputError, match="matches 0 of the"):
+        build_model(dataclasses.replace(settings, freeze="^no_such_module"), str(tiny))
+    with pytest.raises(InputError, match="leave some"):
+        build_model(dataclasses.replace(settings, freeze="."), str(tiny))
+
+
 def _weights(path):
     from safetensors.torch import load_file
 
@@ -387,7 +403,8 @@ def test_settings_reject_bad_values(tmp_path):
     ok = dict(data=("t.jsonl",), out=str(tmp_path), model="m")
     for bad, match in [(dict(batch_size=0), "batch_size"), (dict(schedule="step"), "valid: cosine"),
                        (dict(model=None), "exactly one"), (dict(save_adapter=True), "needs LoRA"),
-                       (dict(temperature=-1), "temperature"), (dict(precision="fp8"), "valid: auto")]:
+                       (dict(temperature=-1), "temperature"), (dict(precision="fp8"), "valid: auto"),
+                       (dict(freeze="(unclosed"), "not a valid regular expression")]:
         with pytest.raises(InputError, match=match):
             TrainSettings(**{**ok, **bad})
     with pytest.raises(InputError, match="larger than mine_k"):

@@ -58,6 +58,9 @@ def _model_args(p) -> None:
     g.add_argument("--lora-targets", default=None,
                    help="regex over module names, or a comma-separated list; unset: the language model's "
                         "attention and MLP projections")
+    g.add_argument("--freeze", default=None, metavar="REGEX",
+                   help="keep the parameters whose names match fixed, e.g. '^model\\.language_model\\.' to "
+                        "teach only the vision tower; unset: train all (or the LoRA adapters)")
     g.add_argument("--save-adapter", action="store_true", help="write the LoRA adapter instead of merged weights")
 
 
@@ -156,7 +159,7 @@ def settings_from_args(args):
     return TrainSettings(
         data=tuple(args.data), out=args.out, model=args.model, image_root=args.image_root,
         init="config" if args.init_from_config else "pretrained", scratch=scratch, lora=lora,
-        objective=args.objective, save_adapter=args.save_adapter, batch_size=args.batch_size,
+        objective=args.objective, freeze=args.freeze, save_adapter=args.save_adapter, batch_size=args.batch_size,
         chunk_size=args.chunk_size, grad_accum=args.grad_accum, max_steps=args.max_steps, epochs=args.epochs,
         lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup if args.warmup < 1 else int(args.warmup),
         schedule=args.schedule, max_grad_norm=args.max_grad_norm or None, temperature=args.temperature,

@@ -9,6 +9,7 @@ under bf16 autocast, as the reference trains.
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 from dataclasses import dataclass
 from functools import partial
@@ -95,9 +96,24 @@ def build_model(settings: TrainSettings, checkpoint: str) -> TrainableModel:
     else:
         for p in enc.model.parameters():
             p.requires_grad_(True)
+    if settings.freeze is not None:
+        _freeze(enc.model, settings.freeze)
     model = TrainableModel(encoder=enc, peft_model=peft_model, base=checkpoint)
     model.train()
     return model
+
+
+def _freeze(module: torch.nn.Module, pattern: str) -> None:
+    """Fix the parameters whose names match `pattern`; it must leave some to train, and fix some."""
+    rx = re.compile(pattern)
+    named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    hit = [p for n, p in named if rx.search(n)]
+    if not hit or len(hit) == len(named):
+        example = ", ".join(n for n, _ in named[:3])
+        raise InputError(f"freeze={pattern!r} matches {len(hit)} of the {len(named)} trainable parameters; it must "
+                         f"match some and leave some (names look like: {example})")
+    for p in hit:
+        p.requires_grad_(False)
 
 
 def autocast_for(device: torch.device, precision: str) -> Callable[[], ContextManager]:

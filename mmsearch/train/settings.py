@@ -7,6 +7,7 @@ valid options in its errors.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, fields
 from typing import Optional, Tuple, Union
 
@@ -117,6 +118,7 @@ class TrainSettings:
     init: str = "pretrained"              # "config": the model's architecture, random weights
     scratch: Optional[ScratchSettings] = None
     lora: Optional[LoraSettings] = None   # None: full fine-tuning
+    freeze: Optional[str] = None          # regex over parameter names kept fixed (e.g. the language model)
     objective: str = "contrastive"        # or "generate": predict the positive's text from the query
     save_adapter: bool = False            # output the LoRA adapter instead of merged weights
     batch_size: int = 64                  # queries per contrastive batch
@@ -155,6 +157,11 @@ class TrainSettings:
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("precision", self.precision, PRECISIONS)
         _choice("objective", self.objective, OBJECTIVES)
+        if self.freeze is not None:
+            try:
+                re.compile(self.freeze)
+            except re.error as e:
+                raise InputError(f"freeze={self.freeze!r} is not a valid regular expression: {e}") from None
         if self.objective == "generate" and self.mining is not None:
             raise InputError("mined negatives (mining / --mine-negatives) need objective contrastive; "
                              "generation uses no negatives")
