@@ -25,6 +25,7 @@ import faiss
 import numpy as np
 
 from mmsearch import index_format as fmt
+from mmsearch.indexer.planner import has_refine
 from mmsearch.query import open_index
 
 SPECS = {  # factory -> per-call knobs (the same for both sides)
@@ -74,7 +75,7 @@ def raw_faiss(path, manifest):
 
 
 def raw_params(spec, knobs):
-    if "RFlat" in spec:
+    if has_refine(spec):
         return faiss.IndexRefineSearchParameters(k_factor=knobs["k_factor"],
                                                  base_index_params=faiss.SearchParametersIVF(nprobe=knobs["nprobe"]))
     if "HNSW" in spec:

@@ -142,7 +142,11 @@ def test_auto_policy():
     assert choose_factory(10_000, 768) == "Flat"
     big = choose_factory(1_000_000, 768, memory_budget=8 << 30)
     assert big.startswith("IVF") and big.endswith(",RFlat") and "x4fs" in big
-    assert not choose_factory(1_000_000, 768, memory_budget=1 << 30).endswith("RFlat")
+    # 1M x 768: 4-bit codes ~0.1 GB; the refine stage's vectors 3.1 GB as float32, 1.5 as float16, 0.8 as SQ8
+    assert choose_factory(1_000_000, 768, memory_budget=2 << 30).endswith(",Refine(SQfp16)")
+    assert choose_factory(1_000_000, 768, memory_budget=1 << 30).endswith(",Refine(SQ8)")
+    assert choose_factory(1_000_000, 768, memory_budget=1 << 29).endswith(",PQ192x4fs")
+    assert choose_factory(1_000_000, 1536).endswith(",Refine(SQfp16)")   # the default 4 GiB budget
     with pytest.raises(InputError, match="memory-budget"):
         choose_factory(1_000_000_000, 768, memory_budget=1 << 30)
 

@@ -68,3 +68,21 @@ def test_a_build_retunes_its_defaults_on_a_shard_bigger_than_the_sample(data, tm
     assert manifest.faiss.search_params["k_factor"] > 8
     idx = open_index(tmp_path / "idx")
     assert _recall(lambda q: idx.search_vectors(q, 10)[1], xb, xq) >= 0.93   # with the stored defaults
+
+
+@pytest.mark.parametrize("refine", ["Refine(SQfp16)", "Refine(SQ8)"])
+def test_compact_refine_stages_reach_the_target(data, tmp_path, refine):
+    """When float32 vectors exceed the memory budget, `auto` refines from float16 or 8-bit codes;
+    tuned like RFlat, they still reach the target on held-out queries (4-bit PQ alone cannot)."""
+    xb, xq, _, _ = data
+    per_dim = dict(planner.REFINES)[refine]
+    budget = len(xb) * (8 + 8 + xb.shape[1] * per_dim) + 1            # ids + codes + this refine's vectors
+    manifest = index_vectors(tmp_path / "idx", xb, [str(i) for i in range(len(xb))], memory_budget=budget,
+                             shard_size=len(xb), store_vectors=False, train_size=3000, recall_target=TARGET)
+    assert manifest.faiss.factory.endswith("," + refine) and "k_factor" in manifest.faiss.search_params
+    idx = open_index(tmp_path / "idx")
+    assert _recall(lambda q: idx.search_vectors(q, 10)[1], xb, xq) >= 0.93
+    pq_only = faiss.index_factory(xb.shape[1], "IVF64,PQ16x4fs", faiss.METRIC_INNER_PRODUCT)
+    pq_only.train(xb[:3000])
+    pq_only.add(xb)
+    assert _recall(lambda q: pq_only.search(q, 10, params=planner._params(64, None))[1], xb, xq) < 0.8

@@ -3,9 +3,10 @@
 `auto` follows what was measured on this kind of machine (DESIGN.md §8):
 exact Flat while it is fast enough; beyond that IVF with 4-bit fast-scan PQ
 plus an exact refine stage (the fastest at recall@10 >= 0.95 here, ~25k QPS
-at 200k x 768), with nprobe tuned on the data to a recall target. When the
-full vectors don't fit the memory budget the refine stage is dropped from the
-index (the query engine can still rescore from vectors.npy).
+at 200k x 768), with nprobe and the refine depth tuned on the data to a recall
+target. When the full float32 vectors don't fit the memory budget, the refine
+stage keeps them as float16, then as 8-bit scalar codes; only when even those
+don't fit is it dropped (4-bit PQ alone: recall@10 0.13 at 1M x 1536, measured).
 """
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ TRAIN_PER_LIST = (40, 256)
 TRAIN_MIN = 100_000
 NPROBES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 K_FACTORS = (8, 16, 32, 64, 128, 256)   # refine candidates per result, tried by tune_filled
+# Refine stages from the most to the least exact, with the bytes each keeps per dimension.
+REFINES = (("RFlat", 4), ("Refine(SQfp16)", 2), ("Refine(SQ8)", 1))
 
 
 @dataclass(frozen=True)
@@ -57,12 +60,19 @@ def choose_factory(n_rows: int, dim: int, memory_budget: Optional[int] = None) -
     nlist = int(min(65536, max(64, 2 ** round(math.log2(4 * math.sqrt(max(n_rows, 1)))))))
     m = _pq_m(dim)
     codes = n_rows * (m // 2 + 8)                 # 4-bit codes + int64 ids
-    if codes + n_rows * dim * 4 <= budget:
-        return f"IVF{nlist},PQ{m}x4fs,RFlat"
+    for refine, per_dim in REFINES:
+        if codes + n_rows * dim * per_dim <= budget:
+            return f"IVF{nlist},PQ{m}x4fs,{refine}"
     if codes <= budget:
         return f"IVF{nlist},PQ{m}x4fs"
     raise InputError(f"{n_rows} vectors of dim {dim} need at least {codes / 2**30:.2f} GiB even as 4-bit PQ codes; "
                      f"--memory-budget is {budget / 2**30:.2f} GiB")
+
+
+def has_refine(factory: str) -> bool:
+    """Whether an index_factory string ends in a refine stage (which takes a k_factor)."""
+    last = factory.rsplit(",", 1)[-1]
+    return last == "RFlat" or last.startswith("Refine(")
 
 
 def plan(factory: str, dim: int, n_rows: int, memory_budget: Optional[int]) -> Plan:
@@ -145,7 +155,7 @@ def tune_filled(index, factory: str, vectors: np.ndarray, target: float, k: int 
     q = np.ascontiguousarray(q, dtype=np.float32)
     _, truth = faiss.knn(q, np.ascontiguousarray(vectors, dtype=np.float32), min(k, len(vectors)),
                          metric=faiss.METRIC_INNER_PRODUCT)
-    refine = factory.endswith(",RFlat")
+    refine = has_refine(factory)
     reached, best_effort = [], None
     for k_factor in (K_FACTORS if refine else (None,)):
         previous = -1.0
