@@ -12,6 +12,7 @@ timed runs after a warm-up. Writes results/ann_quick.* (quick) or one
 results/ann_NxD.{json,md,png} per size (full).
 """
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -21,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import RESULTS, best_time, clustered, environment, ground_truth, plot_curves, recall_at, save  # noqa
+from mmsearch.indexer.planner import has_refine  # noqa: E402
 
 K = 10
 THREADS = len(os.sched_getaffinity(0))  # set from --threads in main(); every library uses this many
@@ -78,7 +80,7 @@ def raw_params(factory, p):
     if "HNSW" in factory:
         return faiss.SearchParametersHNSW(efSearch=p["efSearch"])
     ivf = faiss.SearchParametersIVF(nprobe=p["nprobe"])
-    if factory.endswith("RFlat"):
+    if has_refine(factory):
         return faiss.IndexRefineSearchParameters(k_factor=p["k_factor"], base_index_params=ivf)
     return ivf
 
@@ -167,12 +169,14 @@ def best_at(points, target=0.95):
     return round(max(ok), 1) if ok else None
 
 
-def run_size(n, d, n_queries, work):
+def run_size(n, d, n_queries, work, auto_only=False):
     xb, xq = clustered(n, d, n_queries, seed=n + d)
     gt = ground_truth(xb, xq, K)
     methods = []
     auto = mmsearch_method("auto", "auto", xb, xq, gt, work, auto_sweep)
     methods.append(auto)
+    if auto_only:
+        return _finish(methods)
     hnsw = mmsearch_method("HNSW32", "HNSW32", xb, xq, gt, work, hnsw_sweep)
     methods.append(hnsw)
     ivf_factory = f"IVF{1024 if n <= 200_000 else 4096},PQ{d // 4}x4fs,RFlat"
@@ -186,12 +190,26 @@ def run_size(n, d, n_queries, work):
             methods.append(fn(xb, xq, gt, work))
         except ImportError as e:
             methods.append({"method": fn.__name__.replace("_method", ""), "skipped": f"not installed ({e.name})"})
+    return _finish(methods)
+
+
+def _finish(methods):
     for m in methods:
         m.pop("index_file", None)
         if "points" in m:
             m["qps_at_recall_0.95"] = best_at(m["points"])
             m["points"] = [(round(r, 4), round(q, 1), p) for r, q, p in m["points"]]
     return methods
+
+
+def with_peers_of(name, auto, env):
+    """The size's saved methods with `auto` replaced by a new measurement (dated)."""
+    path = RESULTS / f"{name}.json"
+    if not path.is_file():
+        raise SystemExit(f"--auto-only: no earlier results at {path} to update; run without it first")
+    saved = json.loads(path.read_text())["sizes"][0]["methods"]
+    auto["remeasured"] = env["date"]
+    return [auto if m["method"] == auto["method"] else m for m in saved]
 
 
 def markdown(n, d, methods) -> str:
@@ -229,6 +247,9 @@ def main():
     ap.add_argument("--sizes", default=FULL_SIZES, help="full mode: NxD sizes, comma-separated (default: %(default)s)")
     ap.add_argument("--threads", type=int, default=THREADS, help="threads for every library (default: %(default)s)")
     ap.add_argument("--queries", type=int, default=1000)
+    ap.add_argument("--auto-only", action="store_true",
+                    help="re-measure only mmsearch auto (e.g. after a planner change) and replace it in the "
+                         "size's existing results; the peers' figures are kept")
     args = ap.parse_args()
     import faiss
 
@@ -241,9 +262,11 @@ def main():
         env = result["environment"]
         work = Path(tempfile.mkdtemp(prefix="mmsearch-ann-"))
         try:
-            methods = run_size(n, d, args.queries, work)
+            methods = run_size(n, d, args.queries, work, args.auto_only)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+        if args.auto_only:
+            methods = with_peers_of(name, methods[0], env)
         result["sizes"].append({"n": n, "d": d, "methods": methods})
         curves = {m["method"]: pareto([(r, q) for r, q, _ in m["points"]]) for m in methods if "points" in m}
         plot_curves(RESULTS / f"{name}.png", curves, f"recall@10 vs QPS, {n:,} x {d}, {THREADS} thread(s)")
