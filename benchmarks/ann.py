@@ -65,7 +65,8 @@ def faiss_raw(entry, xq, gt, sweep):
 
     index = faiss.read_index(entry["index_file"])
     points = []
-    for params in sweep(entry["factory"]):
+    defaults = (entry.get("defaults") or {}).get("params")
+    for params in ([defaults] if defaults else []) + sweep(entry["factory"]):  # mmsearch's points, the same params
         sp = raw_params(entry["factory"], params)
         _, I = index.search(xq, K, params=sp)
         secs = best_time(lambda: index.search(xq, K, params=sp))
