@@ -86,7 +86,8 @@ def _build_parser(isub) -> None:
     g.add_argument("--instruction", default=None, help="candidate instruction for every item")
     b.add_argument("--index", default="auto", help="auto, or a faiss index_factory string (e.g. HNSW32, "
                                                    "IVF1024,PQ192x4fs,RFlat)")
-    b.add_argument("--memory-budget", default=None, help="memory for the index at search time, e.g. 8G")
+    b.add_argument("--memory-budget", default=None, help="memory for the index at search time, e.g. 8G (default 4G); "
+                        "auto keeps its refine vectors as float32, float16 or 8-bit codes to fit it")
     b.add_argument("--shard-size", type=int, default=100_000)
     b.add_argument("--fresh", action="store_true", help="discard an existing index in --out and start over")
     b.add_argument("--query-bank", default=None, metavar="FILE",
