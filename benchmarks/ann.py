@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, best_time, clustered, environment, ground_truth, plot_curves, recall_at, save  # noqa
-from mmsearch.indexer.planner import has_refine  # noqa: E402
+from common import (RESULTS, best_time, clustered, environment, ground_truth, plot_curves, raw_faiss_params,  # noqa
+                    recall_at, save)
 
 K = 10
 THREADS = len(os.sched_getaffinity(0))  # set from --threads in main(); every library uses this many
@@ -67,23 +67,12 @@ def faiss_raw(entry, xq, gt, sweep):
     points = []
     defaults = (entry.get("defaults") or {}).get("params")
     for params in ([defaults] if defaults else []) + sweep(entry["factory"]):  # mmsearch's points, the same params
-        sp = raw_params(entry["factory"], params)
+        sp = raw_faiss_params(entry["factory"], params)
         _, I = index.search(xq, K, params=sp)
         secs = best_time(lambda: index.search(xq, K, params=sp))
         points.append((recall_at(I, gt), len(xq) / secs, params))
     return {"method": f"faiss (same file as mmsearch {entry['method'].split()[-1]})", "factory": entry["factory"],
             "build_s": entry["build_s"], "bytes_per_vector": entry["bytes_per_vector"], "points": points}
-
-
-def raw_params(factory, p):
-    import faiss
-
-    if "HNSW" in factory:
-        return faiss.SearchParametersHNSW(efSearch=p["efSearch"])
-    ivf = faiss.SearchParametersIVF(nprobe=p["nprobe"])
-    if has_refine(factory):
-        return faiss.IndexRefineSearchParameters(k_factor=p["k_factor"], base_index_params=ivf)
-    return ivf
 
 
 def ivf_sweep(factory):

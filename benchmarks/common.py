@@ -111,3 +111,20 @@ def plot_curves(path: Path, curves: Dict[str, List[tuple]], title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def raw_faiss_params(factory: str, knobs: dict):
+    """faiss search parameters for `knobs` (efSearch, or nprobe [+ k_factor]) on an index
+    built from `factory`; None for an index without knobs (Flat)."""
+    import faiss
+
+    from mmsearch.indexer.planner import has_refine
+
+    if "HNSW" in factory:
+        return faiss.SearchParametersHNSW(efSearch=knobs["efSearch"])
+    if "nprobe" not in knobs:
+        return None
+    ivf = faiss.SearchParametersIVF(nprobe=knobs["nprobe"])
+    if has_refine(factory):
+        return faiss.IndexRefineSearchParameters(k_factor=knobs["k_factor"], base_index_params=ivf)
+    return ivf

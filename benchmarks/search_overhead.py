@@ -25,8 +25,9 @@ import faiss
 import numpy as np
 
 from mmsearch import index_format as fmt
-from mmsearch.indexer.planner import has_refine
 from mmsearch.query import open_index
+
+from common import raw_faiss_params  # benchmarks/ is the script's folder
 
 SPECS = {  # factory -> per-call knobs (the same for both sides)
     "Flat": {},
@@ -74,15 +75,6 @@ def raw_faiss(path, manifest):
     return shards, indexes
 
 
-def raw_params(spec, knobs):
-    if has_refine(spec):
-        return faiss.IndexRefineSearchParameters(k_factor=knobs["k_factor"],
-                                                 base_index_params=faiss.SearchParametersIVF(nprobe=knobs["nprobe"]))
-    if "HNSW" in spec:
-        return faiss.SearchParametersHNSW(efSearch=knobs["efSearch"])
-    return None
-
-
 def batch_qps(fns, xq, repeat):
     """Best-of-`repeat` QPS of each fn on the whole batch, rounds interleaved so that
     load from other processes hits both sides alike."""
@@ -122,7 +114,7 @@ def single_ms(ours, theirs, xq):
 
 def measure(path, manifest, spec, knobs, xq, k, repeat, singles):
     raw, _keep = raw_faiss(path, manifest)
-    params = raw_params(spec, knobs)
+    params = raw_faiss_params(spec, knobs)
     with open_index(path) as index:
         ours = lambda q: index.search_vectors(q, k, params=knobs)  # noqa: E731
         theirs = lambda q: raw.search(q, k, params=params)  # noqa: E731
