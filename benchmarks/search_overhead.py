@@ -94,6 +94,7 @@ def single_ms(ours, theirs, xq):
     On a loaded machine the wall difference also counts preemptions that land in the
     extra work; the CPU difference is the work added."""
     wall, cpu = [], []
+    warm = min(50, len(xq) // 2)  # the first ones warm up (half of a short --singles run)
     for j, q in enumerate(xq):
         q = q[None, :]
         sides = (ours, theirs) if j % 2 == 0 else (theirs, ours)
@@ -103,7 +104,7 @@ def single_ms(ours, theirs, xq):
             stamps.append((time.perf_counter(), time.process_time()))
         spent = [tuple(b - a for a, b in zip(stamps[i], stamps[i + 1])) for i in (0, 1)]
         mine, raw = spent if j % 2 == 0 else spent[::-1]
-        if j >= 50:  # the first 50 warm up
+        if j >= warm:
             wall.append((mine[0], raw[0]))
             cpu.append(mine[1] - raw[1])
     mine, raw = zip(*wall)
