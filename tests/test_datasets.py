@@ -512,6 +512,23 @@ def test_train_layout_and_hard_negatives(train):
     assert per == [r for r in rows if r["dataset"] == "SynthVQA"]
 
 
+def test_doc_title_rows_pair_each_question_with_its_page_title(tmp_path):
+    root = tmp_path / "t"
+    summary = make(root, format="train", size=SIZE, seed=SEED, tasks=("t2i", "doc"), doc_titles=True)
+    docs = pq.read_table(root / "SynthDocs" / "train.parquet").to_pylist()
+    titles = pq.read_table(root / "SynthDocTitles" / "train.parquet").to_pylist()
+    assert summary["queries"]["SynthDocTitles"] == {"train": SIZE} and len(titles) == len(docs) == SIZE
+    assert all(r["dataset"] != "SynthDocTitles" for r in pq.read_table(root / "train.parquet").to_pylist())
+    for doc, row in zip(docs, titles, strict=True):
+        assert row["qry"] == doc["qry"] and not row["qry_image_path"] and not row["pos_image_path"]
+        keyword = re.search(r"\bthe (\w+)", doc["qry"].split(". ", 1)[1]).group(1)  # every question names it so
+        assert row["pos_text"] == keyword.capitalize() == json.loads(doc["src_content"])["page_text"].split("\n")[0]
+    with pytest.raises(InputError, match="doc_titles"):
+        make(tmp_path / "m", format="mbeir", size=2, doc_titles=True)
+    with pytest.raises(InputError, match="doc_titles"):
+        make(tmp_path / "n", format="train", size=2, tasks=("t2i",), doc_titles=True)
+
+
 # ----------------------------------------------------------------- options, errors, CLI
 
 def test_bad_options_name_the_valid_ones(tmp_path):

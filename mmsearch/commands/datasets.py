@@ -51,6 +51,9 @@ def register(sub) -> None:
                    help="document pages: title and sentences, or one large word (a reading curriculum)")
     s.add_argument("--page-size", type=int, default=None, help="page side in pixels; unset: --image-size")
     s.add_argument("--font-size", type=int, default=None, help="page body font size; unset: page size / 11")
+    s.add_argument("--doc-titles", action="store_true",
+                   help="--format train: also write SynthDocTitles/<split>, each page question with the page's "
+                        "title as text (a reading curriculum's first stage)")
     s.add_argument("--candidates", type=int, default=1000, help="MMEB: candidates per query, positive included")
     s.add_argument("--table", choices=("parquet", "jsonl"), default="parquet", help="MMEB / MMEB-train table format")
     s.add_argument("--overwrite", action="store_true", help="replace a collection already in --out")
@@ -80,7 +83,7 @@ def _options(args):
         holdout=holdout_from(args.holdout, seed=args.holdout_seed, splits=args.holdout_splits),
         scene=SceneOptions(**scene), doc=DocOptions(style=args.doc_style, page_size=args.page_size,
                                                     font_size=args.font_size),
-        num_candidates=args.candidates, table=args.table, overwrite=args.overwrite)
+        num_candidates=args.candidates, table=args.table, doc_titles=args.doc_titles, overwrite=args.overwrite)
 
 
 def run_synthetic(args) -> int:

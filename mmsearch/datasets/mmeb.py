@@ -21,6 +21,11 @@ MMEB-train (``format="train"``), one table per dataset plus all of a split in on
 Image paths are relative to ``<root>`` ("images/SynthEdit/train/composed_000001_source.png"),
 as in MMEB-train; an absent image or text is "".
 
+With ``doc_titles``, ``<root>/SynthDocTitles/<split>`` also holds one text-only row per
+page question: the same query, and the page's title (its keyword) as the positive
+text. It is not part of ``<root>/<split>``; it teaches the queries to carry the
+keyword before pages are read (a curriculum stage, see the tiny model's card).
+
 Strings follow MMEB: a query with an image is ``"<|image_1|>\\n{instruction} {text}\\n"``, one
 without is ``"{instruction} {text}\\n"``; an image candidate is
 ``"<|image_1|>\\n{candidate instruction}\\n"`` and a text candidate its bare text.
@@ -44,8 +49,11 @@ TASKS_HEADER = ("dataset", "meta_task", "split", "query_modality", "target_modal
                 "query_instruction", "source_of_instruction")
 
 
+DOC_TITLES = "SynthDocTitles"
+
+
 def owned(fmt: str) -> List[str]:
-    names = ["images", "README.md"] + [TASK_SPECS[t].mmeb_name for t in TASKS]
+    names = ["images", "README.md", DOC_TITLES] + [TASK_SPECS[t].mmeb_name for t in TASKS]
     return names + (["tasks.tsv"] if fmt == "mmeb" else [f"{s}.{ext}" for s in SPLITS for ext in ("parquet", "jsonl")])
 
 
@@ -121,7 +129,21 @@ def write_train(coll: Collection, out: Output) -> dict:
         by_split.setdefault(split, []).extend(rows)
     for split, rows in by_split.items():
         tables.append(out.write_table(split, rows, TRAIN_SCHEMA))
+    if coll.options.doc_titles:
+        for (task, split), data in coll.parts.items():
+            if task == "doc":
+                rows = [_title_row(data, ex) for ex in data.examples]
+                tables.append(out.write_table(f"{DOC_TITLES}/{split}", rows, TRAIN_SCHEMA))
+                counts.setdefault(DOC_TITLES, {})[split] = len(rows)
     return {"datasets": list(counts), "queries": counts, "tables": tables}
+
+
+def _title_row(data: TaskData, ex: Example) -> dict:
+    """Question -> the page's title as text (no image)."""
+    title = ex.positive.picture.page.title
+    return {"qry": _query_text(data, ex), "qry_image_path": "", "pos_text": title, "pos_image_path": "",
+            "neg_text": "", "neg_image_path": "", "dataset": DOC_TITLES,
+            "src_content": json.dumps({"keyword": ex.facts["keyword"], "title": title}, ensure_ascii=False)}
 
 
 def _train_row(data: TaskData, ex: Example) -> dict:

@@ -98,6 +98,7 @@ class SyntheticOptions:
     question_kinds: Tuple[str, ...] = QUESTION_KINDS
     num_candidates: int = 1000            # MMEB: candidates per query, positive first
     table: str = "parquet"                # MMEB / MMEB-train tables: parquet or jsonl
+    doc_titles: bool = False              # MMEB-train: also question -> page title text rows
     overwrite: bool = False
 
     def __post_init__(self) -> None:
@@ -117,6 +118,9 @@ class SyntheticOptions:
                 raise InputError(f"{name} must be a {kind.__name__} or a dict of its fields, got {value!r}")
         object.__setattr__(self, "holdout", holdout_from(self.holdout))
         object.__setattr__(self, "tasks", check_kinds(self.tasks, TASKS, "task"))
+        if self.doc_titles and (self.format != "train" or "doc" not in self.tasks):
+            raise InputError("doc_titles (question -> page title rows) needs format 'train' and the doc task, "
+                             f"got format {self.format!r} and tasks {', '.join(self.tasks)}")
         object.__setattr__(self, "edit_kinds", check_kinds(self.edit_kinds, EDIT_KINDS, "edit kind"))
         object.__setattr__(self, "question_kinds", check_kinds(self.question_kinds, QUESTION_KINDS, "question kind"))
         if self.splits is not None:
