@@ -313,6 +313,23 @@ def test_scratch_model_trains_and_loads(tmp_path, data_dir):
     assert enc.encode(["A red picture."]).shape == (1, 32)
 
 
+def test_vocab_data_trains_the_scratch_tokenizer_on_more_tables(tmp_path, data_dir):
+    # a word only the extra table uses becomes one token; without the table it stays split
+    extra = _write_jsonl(tmp_path / "later.jsonl", [{"qry": "zorblax " * 20, "pos_text": "zorblax"}] * 30)
+    spec = ScratchSettings(hidden=32, layers=1, heads=2, kv_heads=1, ffn=64, vision_embed=16, vision_depth=1,
+                           vision_heads=1, vocab_size=320, image_size=56)
+    pieces = {}
+    for name, vocab_data in (("with", (str(extra),)), ("without", ())):
+        settings = TrainSettings(data=(str(data_dir / "mixed.jsonl"),), out=str(tmp_path / name), scratch=spec,
+                                 vocab_data=vocab_data, batch_size=4, max_steps=1, lr=1e-3)
+        train(settings)
+        tokenizer = mmsearch.load_encoder(settings.out, device="cpu").processor.tokenizer
+        pieces[name] = len(tokenizer(" zorblax", add_special_tokens=False)["input_ids"])
+    assert pieces["with"] == 1 < pieces["without"]
+    with pytest.raises(InputError, match="--vocab-data"):
+        TrainSettings(data=(str(extra),), out=str(tmp_path / "x"), model="m", vocab_data=(str(extra),))
+
+
 # --------------------------------------------------------------------------- mining
 
 

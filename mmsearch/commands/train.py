@@ -46,6 +46,9 @@ def _model_args(p) -> None:
                           "vision_depth=3 (the default sizes)")
     g.add_argument("--vocab-size", type=int, default=900,
                    help="--scratch: BPE vocabulary trained on the data (default: %(default)s)")
+    g.add_argument("--vocab-data", nargs="+", default=(), metavar="TABLE",
+                   help="--scratch: more MMEB-train tables whose texts also train the BPE, e.g. a later "
+                        "stage's data, so one tokenizer covers every stage")
     g.add_argument("--scratch-image-size", type=int, default=112,
                    help="--scratch: largest image side (pixels) (default: %(default)s)")
     g.add_argument("--init-from-config", action="store_true", help="--model's architecture with random weights")
@@ -158,7 +161,8 @@ def settings_from_args(args):
                                 per_query=args.mine_per_query)
     return TrainSettings(
         data=tuple(args.data), out=args.out, model=args.model, image_root=args.image_root,
-        init="config" if args.init_from_config else "pretrained", scratch=scratch, lora=lora,
+        init="config" if args.init_from_config else "pretrained", scratch=scratch,
+        vocab_data=tuple(args.vocab_data), lora=lora,
         objective=args.objective, freeze=args.freeze, save_adapter=args.save_adapter, batch_size=args.batch_size,
         chunk_size=args.chunk_size, grad_accum=args.grad_accum, max_steps=args.max_steps, epochs=args.epochs,
         lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup if args.warmup < 1 else int(args.warmup),

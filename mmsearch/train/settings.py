@@ -117,6 +117,7 @@ class TrainSettings:
     image_root: Optional[str] = None      # image paths are relative to this (default: each table's folder)
     init: str = "pretrained"              # "config": the model's architecture, random weights
     scratch: Optional[ScratchSettings] = None
+    vocab_data: Tuple[str, ...] = ()      # scratch: more tables whose texts train the BPE (e.g. later stages' data)
     lora: Optional[LoraSettings] = None   # None: full fine-tuning
     freeze: Optional[str] = None          # regex over parameter names kept fixed (e.g. the language model)
     objective: str = "contrastive"        # or "generate": predict the positive's text from the query
@@ -153,6 +154,9 @@ class TrainSettings:
         object.__setattr__(self, "data", tuple(str(d) for d in self.data))
         if (self.model is None) == (self.scratch is None):
             raise InputError("give exactly one of model (a checkpoint to start from) and scratch (a new model)")
+        object.__setattr__(self, "vocab_data", tuple(str(d) for d in self.vocab_data))
+        if self.vocab_data and self.scratch is None:
+            raise InputError("vocab_data (--vocab-data) trains a scratch model's tokenizer; it needs scratch (--scratch)")
         _choice("init", self.init, INITS)
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("precision", self.precision, PRECISIONS)

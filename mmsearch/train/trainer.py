@@ -21,7 +21,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -84,7 +84,7 @@ class Trainer:
         state = self._resume_state()
         self.data = self._read_data()
         self._write_rejections()
-        self.model = build_model(s, starting_checkpoint(s, self.out, self.data.texts, resuming=state is not None))
+        self.model = build_model(s, starting_checkpoint(s, self.out, self._vocab_texts, resuming=state is not None))
         self.encoder = self.model.encoder
         self.temperature = Temperature(s.temperature, s.learn_temperature).to(self.encoder.device)
         self.order = DataOrder(len(self.data.examples), s.batch_size, s.seed)
@@ -168,6 +168,12 @@ class Trainer:
         if s.objective == "generate":  # hard negatives play no part in generation
             return generation_data(read_train_data(s.data, s.image_root, negatives=False))
         return read_train_data(s.data, s.image_root, s.data_negatives)
+
+    def _vocab_texts(self) -> Iterator[str]:
+        """The scratch tokenizer's corpus: the training texts, then `vocab_data`'s."""
+        yield from self.data.texts()
+        if self.settings.vocab_data:
+            yield from read_train_data(self.settings.vocab_data, self.settings.image_root).texts()
 
     def _params(self):
         return [p for g in self.optimizer.param_groups for p in g["params"]]
