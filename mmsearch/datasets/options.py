@@ -119,8 +119,8 @@ class SyntheticOptions:
         object.__setattr__(self, "holdout", holdout_from(self.holdout))
         object.__setattr__(self, "tasks", check_kinds(self.tasks, TASKS, "task"))
         if self.doc_titles and (self.format != "train" or "doc" not in self.tasks):
-            raise InputError("doc_titles (--doc-titles: question -> page title rows) needs format 'train' and the doc task, "
-                             f"got format {self.format!r} and tasks {', '.join(self.tasks)}")
+            raise InputError("doc_titles (--doc-titles: question -> page title rows) needs format 'train' and the "
+                             f"doc task, got format {self.format!r} and tasks {', '.join(self.tasks)}")
         object.__setattr__(self, "edit_kinds", check_kinds(self.edit_kinds, EDIT_KINDS, "edit kind"))
         object.__setattr__(self, "question_kinds", check_kinds(self.question_kinds, QUESTION_KINDS, "question kind"))
         if self.splits is not None:

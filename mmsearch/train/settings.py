@@ -156,7 +156,8 @@ class TrainSettings:
             raise InputError("give exactly one of model (a checkpoint to start from) and scratch (a new model)")
         object.__setattr__(self, "vocab_data", tuple(str(d) for d in self.vocab_data))
         if self.vocab_data and self.scratch is None:
-            raise InputError("vocab_data (--vocab-data) trains a scratch model's tokenizer; it needs scratch (--scratch)")
+            raise InputError("vocab_data (--vocab-data) trains a scratch model's tokenizer; "
+                             "it needs scratch (--scratch)")
         _choice("init", self.init, INITS)
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("precision", self.precision, PRECISIONS)
