@@ -428,6 +428,43 @@ def test_settings_reject_bad_values(tmp_path):
         MiningSettings(k=2, per_query=3)
 
 
+def test_per_dataset_batches_hold_one_dataset_each():
+    from mmsearch.train.batches import DataOrder
+
+    groups = ["a"] * 10 + ["b"] * 7 + ["c"] * 2           # "c" is smaller than a batch: left out
+    order = DataOrder(len(groups), 3, seed=5, groups=groups)
+    assert order.per_epoch == 3 + 2
+    epochs = []
+    for e in range(2):
+        batches = [order.batch(e * order.per_epoch + b) for b in range(order.per_epoch)]
+        assert all(epoch == e for epoch, _ in batches)
+        seen = np.concatenate([idx for _, idx in batches])
+        assert len(set(seen.tolist())) == len(seen) == 15 and max(seen) < 17
+        assert all(len({groups[i] for i in idx}) == 1 for _, idx in batches)
+        assert sorted(groups[idx[0]] for _, idx in batches) == ["a", "a", "a", "b", "b"]
+        epochs.append([idx.tolist() for _, idx in batches])
+    assert epochs[0] != epochs[1]
+    assert DataOrder(len(groups), 3, seed=5, groups=groups).batch(4)[1].tolist() == epochs[0][4]  # a pure function
+    plain = DataOrder(17, 3, seed=5)   # without groups: the permutation of the module docstring, unchanged
+    assert plain.batch(7)[1].tolist() == np.random.default_rng([5, 1]).permutation(17)[6:9].tolist()  # epoch 1, batch 2
+    with pytest.raises(InputError, match="every dataset has fewer than batch_size=11"):
+        DataOrder(len(groups), 11, seed=5, groups=groups)
+
+
+def test_trainer_per_dataset_batches_group_by_dataset_column_else_table(tmp_path, tiny_dir, data_dir):
+    tagged = [dict(_t2i(c), dataset="Colours") for c in COLOURS] + [dict(_i2t(c), dataset="Captions") for c in COLOURS]
+    both = _write_jsonl(data_dir / "tagged.jsonl", tagged)
+    s = _settings(tmp_path, tiny_dir("qwen2_vl"), data=both, batch_size=4, per_dataset_batches=True)
+    s = dataclasses.replace(s, data=(str(both), str(data_dir / "t2i.jsonl")))
+    trainer = Trainer(s)
+    names = [ex.dataset for ex in trainer.data.examples]
+    assert names == ["Colours"] * 8 + ["Captions"] * 8 + [str(data_dir / "t2i.jsonl")] * 8
+    assert trainer.order.per_epoch == 6
+    assert all(len({names[i] for i in trainer.order.batch(m)[1]}) == 1 for m in range(12))
+    result = trainer.run()
+    assert result.steps == 4 and np.isfinite(result.final_loss)
+
+
 # --------------------------------------------------------------------------- CLI
 
 

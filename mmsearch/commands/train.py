@@ -96,6 +96,9 @@ def _optim_args(p) -> None:
 def _negative_args(p) -> None:
     g = p.add_argument_group("hard negatives")
     g.add_argument("--no-data-negatives", action="store_true", help="ignore neg_text / neg_image_path")
+    g.add_argument("--per-dataset-batches", action="store_true",
+                   help="each batch from one dataset (the rows' `dataset` column, else their table), so in-batch "
+                        "negatives are of the same task; datasets interleave in proportion to their size")
     g.add_argument("--mine-negatives", default=None, metavar="INDEX_OR_AUTO",
                    help="'auto' (index the data's candidates) or an mmsearch index of the candidates")
     g.add_argument("--mine-every", type=int, default=0,
@@ -168,6 +171,7 @@ def settings_from_args(args):
         lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup if args.warmup < 1 else int(args.warmup),
         schedule=args.schedule, max_grad_norm=args.max_grad_norm or None, temperature=args.temperature,
         learn_temperature=args.learn_temperature, data_negatives=not args.no_data_negatives, mining=mining,
+        per_dataset_batches=args.per_dataset_batches,
         seed=args.seed, device=args.device, threads=args.threads, precision=args.precision, save_every=args.save_every,
         keep_checkpoints=args.keep_checkpoints, resume=args.resume, log_every=args.log_every,
         show_progress=not args.no_progress)

@@ -4,7 +4,10 @@ The order is a pure function of the seed: epoch e visits the examples in the
 permutation `default_rng([seed, e])`, cut into batches of `batch_size` (the last
 partial batch is dropped, so every batch has the same number of negatives).
 Micro-batch m is therefore known from m alone, and a resumed run continues with
-exactly the batches an uninterrupted one would have seen.
+exactly the batches an uninterrupted one would have seen. With `groups` (each
+example's dataset), every batch comes from one dataset, as VLM2Vec's per-dataset
+batches: each dataset's permutation is cut into batches, and the epoch's batches
+are then shuffled together, so the datasets interleave in proportion to their size.
 
 A batch holds the queries, their positives (candidate i is query i's positive),
 then the hard negatives (from the data, then mined), all sharing one candidate set.
@@ -27,20 +30,44 @@ log = logging.getLogger("mmsearch.train")
 
 
 class DataOrder:
-    def __init__(self, n_examples: int, batch_size: int, seed: int):
+    def __init__(self, n_examples: int, batch_size: int, seed: int, groups: Optional[Sequence[str]] = None):
         if n_examples < batch_size:
             raise InputError(f"batch_size={batch_size} is larger than the {n_examples} usable training examples; "
                              f"lower the batch size")
         self.n, self.batch_size, self.seed = n_examples, batch_size, seed
-        self.per_epoch = n_examples // batch_size
-        self._perm: Tuple[int, Optional[np.ndarray]] = (-1, None)
+        self.groups = None
+        if groups is not None:
+            names, labels = np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)
+            members = [np.flatnonzero(labels == g) for g in range(len(names))]
+            small = [f"{names[g]} ({len(m)})" for g, m in enumerate(members) if len(m) < batch_size]
+            if len(small) == len(members):
+                raise InputError(f"per-dataset batches: every dataset has fewer than batch_size={batch_size} "
+                                 f"examples: {', '.join(small)}")
+            if small:
+                log.warning("per-dataset batches: left out (fewer than %d examples): %s", batch_size, ", ".join(small))
+            self.groups = [m for m in members if len(m) >= batch_size]
+        self.per_epoch = (sum(len(m) // batch_size for m in self.groups) if self.groups is not None
+                          else n_examples // batch_size)
+        self._epoch: Tuple[int, Optional[list]] = (-1, None)
+
+    def _batches(self, epoch: int) -> list:
+        rng = np.random.default_rng([self.seed, epoch])
+        if self.groups is None:
+            perm = rng.permutation(self.n)
+            return [perm[b * self.batch_size:(b + 1) * self.batch_size] for b in range(self.per_epoch)]
+        batches = []
+        for members in self.groups:
+            perm = members[rng.permutation(len(members))]
+            size = self.batch_size
+            batches += [perm[b * size:(b + 1) * size] for b in range(len(perm) // size)]
+        return [batches[i] for i in rng.permutation(len(batches))]
 
     def batch(self, m: int) -> Tuple[int, np.ndarray]:
         """(epoch, example indices) of micro-batch number m (0-based, over the whole run)."""
         epoch, b = divmod(m, self.per_epoch)
-        if self._perm[0] != epoch:
-            self._perm = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n))
-        return epoch, self._perm[1][b * self.batch_size:(b + 1) * self.batch_size]
+        if self._epoch[0] != epoch:
+            self._epoch = (epoch, self._batches(epoch))
+        return epoch, self._epoch[1][b]
 
 
 class ImageCache:

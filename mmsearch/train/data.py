@@ -50,6 +50,7 @@ class Example:
     query: Side
     positive: Side
     negative: Optional[Side] = None
+    dataset: str = ""   # the row's `dataset` column, else its table (groups per-dataset batches)
 
 
 @dataclass
@@ -114,7 +115,7 @@ def _side(row: dict, text_col: str, image_col: str, root: Path) -> Optional[Side
     return None if text is None and image is None else Side(text, image)
 
 
-def parse_row(row: dict, root: Path, negatives: bool = True) -> Example:
+def parse_row(row: dict, root: Path, negatives: bool = True, dataset: str = "") -> Example:
     """One MMEB-train row -> Example, or BadRow with the reason."""
     query = _side(row, "qry", "qry_image_path", root)
     positive = _side(row, "pos_text", "pos_image_path", root)
@@ -123,7 +124,7 @@ def parse_row(row: dict, root: Path, negatives: bool = True) -> Example:
     if positive is None:
         raise BadRow("empty positive", "no pos_text and no pos_image_path")
     negative = _side(row, "neg_text", "neg_image_path", root) if negatives else None
-    return Example(query, positive, negative if negative != positive else None)
+    return Example(query, positive, negative if negative != positive else None, str(row.get("dataset") or dataset))
 
 
 def _rows(path: Path) -> Iterator[Tuple[int, object]]:
@@ -173,7 +174,7 @@ def read_train_data(paths: Sequence[str], image_root: Optional[str] = None, nega
                 missing = [c for c in REQUIRED if c not in row]
                 if missing:
                     raise BadRow("missing fields", ", ".join(missing))
-                data.examples.append(parse_row(row, root, negatives))
+                data.examples.append(parse_row(row, root, negatives, dataset=str(path)))
             except BadRow as e:
                 data.skipped[e.kind] += 1
                 data.rejected.append({"source": str(path), "row": n, "reason": str(e)})

@@ -135,6 +135,7 @@ class TrainSettings:
     temperature: float = 0.02
     learn_temperature: bool = False
     data_negatives: bool = True           # use neg_text / neg_image_path when present
+    per_dataset_batches: bool = False     # each batch from one dataset (the `dataset` column, else the table)
     mining: Optional[MiningSettings] = None
     seed: int = 0
     device: str = "auto"

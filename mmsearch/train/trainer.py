@@ -87,7 +87,8 @@ class Trainer:
         self.model = build_model(s, starting_checkpoint(s, self.out, self._vocab_texts, resuming=state is not None))
         self.encoder = self.model.encoder
         self.temperature = Temperature(s.temperature, s.learn_temperature).to(self.encoder.device)
-        self.order = DataOrder(len(self.data.examples), s.batch_size, s.seed)
+        self.order = DataOrder(len(self.data.examples), s.batch_size, s.seed,
+                               [ex.dataset for ex in self.data.examples] if s.per_dataset_batches else None)
         self.total = s.max_steps or max(1, math.ceil(s.epochs * self.order.per_epoch / s.grad_accum))
         self.optimizer = torch.optim.AdamW(parameter_groups(self.model, self.temperature, s.weight_decay),
                                            lr=s.learning_rate)
