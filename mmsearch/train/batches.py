@@ -5,9 +5,9 @@ permutation `default_rng([seed, e])`, cut into batches of `batch_size` (the last
 partial batch is dropped, so every batch has the same number of negatives).
 Micro-batch m is therefore known from m alone, and a resumed run continues with
 exactly the batches an uninterrupted one would have seen. With `groups` (each
-example's dataset), every batch comes from one dataset, as VLM2Vec's per-dataset
-batches: each dataset's permutation is cut into batches, and the epoch's batches
-are then shuffled together, so the datasets interleave in proportion to their size.
+example's dataset), every batch comes from one dataset, so in-batch negatives
+are of the same task: each dataset's permutation is cut into batches, and the
+epoch's batches are then shuffled together, so the datasets interleave in proportion to their size.
 
 A batch holds the queries, their positives (candidate i is query i's positive),
 then the hard negatives (from the data, then mined), all sharing one candidate set.
