@@ -7,7 +7,7 @@ Micro-batch m is therefore known from m alone, and a resumed run continues with
 exactly the batches an uninterrupted one would have seen. With `groups` (each
 example's dataset), every batch comes from one dataset, so in-batch negatives
 are of the same task: each dataset's permutation is cut into batches, and the
-epoch's batches are then shuffled together, so the datasets interleave in proportion to their size.
+epoch's batches are then shuffled together, so datasets interleave by size.
 
 A batch holds the queries, their positives (candidate i is query i's positive),
 then the hard negatives (from the data, then mined), all sharing one candidate set.
@@ -37,7 +37,7 @@ class DataOrder:
         self.n, self.batch_size, self.seed = n_examples, batch_size, seed
         self.groups = None
         if groups is not None:
-            names, labels = np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)
+            names, labels = np.unique(np.asarray(list(groups), dtype=str), return_inverse=True)
             members = [np.flatnonzero(labels == g) for g in range(len(names))]
             small = [f"{names[g]} ({len(m)})" for g, m in enumerate(members) if len(m) < batch_size]
             if len(small) == len(members):
@@ -55,10 +55,9 @@ class DataOrder:
         if self.groups is None:
             perm = rng.permutation(self.n)
             return [perm[b * self.batch_size:(b + 1) * self.batch_size] for b in range(self.per_epoch)]
-        batches = []
+        batches, size = [], self.batch_size
         for members in self.groups:
             perm = members[rng.permutation(len(members))]
-            size = self.batch_size
             batches += [perm[b * size:(b + 1) * size] for b in range(len(perm) // size)]
         return [batches[i] for i in rng.permutation(len(batches))]
 
