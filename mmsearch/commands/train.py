@@ -99,6 +99,14 @@ def _negative_args(p) -> None:
     g.add_argument("--per-dataset-batches", action="store_true",
                    help="each batch from one dataset (the rows' `dataset` column, else their table), so in-batch "
                         "negatives are of the same task; datasets interleave in proportion to their size")
+    g.add_argument("--distill-from", default=None, metavar="TEACHER",
+                   help="a model (e.g. the one before this stage) whose embeddings the --distill-data rows keep: "
+                        "their queries and positives add weight * (1 - cos(model, teacher)) to the loss, so a "
+                        "skill learnt before is not forgotten")
+    g.add_argument("--distill-data", nargs="+", default=[], metavar="TABLE",
+                   help="the --data tables to distil (default: all)")
+    g.add_argument("--distill-weight", type=float, default=1.0,
+                   help="weight of the distillation term (default: %(default)s)")
     g.add_argument("--mine-negatives", default=None, metavar="INDEX_OR_AUTO",
                    help="'auto' (index the data's candidates) or an mmsearch index of the candidates")
     g.add_argument("--mine-every", type=int, default=0,
@@ -171,7 +179,8 @@ def settings_from_args(args):
         lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup if args.warmup < 1 else int(args.warmup),
         schedule=args.schedule, max_grad_norm=args.max_grad_norm or None, temperature=args.temperature,
         learn_temperature=args.learn_temperature, data_negatives=not args.no_data_negatives, mining=mining,
-        per_dataset_batches=args.per_dataset_batches,
+        per_dataset_batches=args.per_dataset_batches, distill_from=args.distill_from,
+        distill_data=tuple(args.distill_data), distill_weight=args.distill_weight,
         seed=args.seed, device=args.device, threads=args.threads, precision=args.precision, save_every=args.save_every,
         keep_checkpoints=args.keep_checkpoints, resume=args.resume, log_every=args.log_every,
         show_progress=not args.no_progress)

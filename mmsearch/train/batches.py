@@ -99,6 +99,7 @@ class Batch:
     candidates: List[Request]
     positives: List[Side]       # keys of the queries' positives
     candidate_keys: List[Side]
+    examples: List[int]         # the queries' example indices (examples with unreadable images are left out)
 
 
 MinedFn = Callable[[int, np.random.Generator], List[Side]]
@@ -121,7 +122,7 @@ class BatchBuilder:
         return negs + (self.mined(i, rng) if self.mined is not None else [])
 
     def build(self, indices: Sequence[int], rng: np.random.Generator) -> Batch:
-        queries, positives, negatives, keys, neg_keys = [], [], [], [], []
+        queries, positives, negatives, keys, neg_keys, kept = [], [], [], [], [], []
         for i in indices:
             i = int(i)
             try:
@@ -136,6 +137,7 @@ class BatchBuilder:
             queries.append(q)
             positives.append(p)
             keys.append(ex.positive)
+            kept.append(i)
             negatives += [r for _, r in negs]
             neg_keys += [n for n, _ in negs]
-        return Batch(queries, positives + negatives, keys, keys + neg_keys)
+        return Batch(queries, positives + negatives, keys, keys + neg_keys, kept)

@@ -51,6 +51,7 @@ class Example:
     positive: Side
     negative: Optional[Side] = None
     dataset: str = ""   # the row's `dataset` column, else its table (groups per-dataset batches)
+    table: str = ""     # the table it was read from
 
 
 @dataclass
@@ -115,7 +116,7 @@ def _side(row: dict, text_col: str, image_col: str, root: Path) -> Optional[Side
     return None if text is None and image is None else Side(text, image)
 
 
-def parse_row(row: dict, root: Path, negatives: bool = True, dataset: str = "") -> Example:
+def parse_row(row: dict, root: Path, negatives: bool = True, table: str = "") -> Example:
     """One MMEB-train row -> Example, or BadRow with the reason."""
     query = _side(row, "qry", "qry_image_path", root)
     positive = _side(row, "pos_text", "pos_image_path", root)
@@ -124,7 +125,8 @@ def parse_row(row: dict, root: Path, negatives: bool = True, dataset: str = "") 
     if positive is None:
         raise BadRow("empty positive", "no pos_text and no pos_image_path")
     negative = _side(row, "neg_text", "neg_image_path", root) if negatives else None
-    return Example(query, positive, negative if negative != positive else None, str(row.get("dataset") or dataset))
+    return Example(query, positive, negative if negative != positive else None, str(row.get("dataset") or table),
+                   table)
 
 
 def _rows(path: Path) -> Iterator[Tuple[int, object]]:
@@ -137,7 +139,7 @@ def _rows(path: Path) -> Iterator[Tuple[int, object]]:
         if missing:
             raise InputError(f"{path}: missing column(s) {missing}; an MMEB-train table has {', '.join(COLUMNS)} "
                              f"(columns found: {', '.join(table.column_names)})")
-        wanted = [c for c in COLUMNS if c in table.column_names]
+        wanted = [c for c in COLUMNS + ("dataset",) if c in table.column_names]
         yield from enumerate(table.select(wanted).to_pylist(), start=1)
         return
     with open(path, encoding="utf-8") as f:
@@ -174,7 +176,7 @@ def read_train_data(paths: Sequence[str], image_root: Optional[str] = None, nega
                 missing = [c for c in REQUIRED if c not in row]
                 if missing:
                     raise BadRow("missing fields", ", ".join(missing))
-                data.examples.append(parse_row(row, root, negatives, dataset=str(path)))
+                data.examples.append(parse_row(row, root, negatives, table=str(path)))
             except BadRow as e:
                 data.skipped[e.kind] += 1
                 data.rejected.append({"source": str(path), "row": n, "reason": str(e)})

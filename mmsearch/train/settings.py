@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Optional, Tuple, Union
 
 from ..errors import InputError
@@ -137,6 +138,9 @@ class TrainSettings:
     data_negatives: bool = True           # use neg_text / neg_image_path when present
     per_dataset_batches: bool = False     # each batch from one dataset (the `dataset` column, else the table)
     mining: Optional[MiningSettings] = None
+    distill_from: Optional[str] = None    # a teacher whose embeddings the distilled rows keep (see `distill`)
+    distill_weight: float = 1.0
+    distill_data: Tuple[str, ...] = ()    # tables of `data` to distil; empty: all of them
     seed: int = 0
     device: str = "auto"
     threads: Optional[int] = None         # torch CPU threads while training; None: torch's default
@@ -171,6 +175,7 @@ class TrainSettings:
         if self.objective == "generate" and self.mining is not None:
             raise InputError("mined negatives (mining / --mine-negatives) need objective contrastive; "
                              "generation uses no negatives")
+        self._check_distillation()
         for name in ("batch_size", "grad_accum", "log_every", "keep_checkpoints"):
             _positive_int(name, getattr(self, name))
         _positive_int("save_every", self.save_every, allow_zero=True)
@@ -193,6 +198,22 @@ class TrainSettings:
         if self.save_adapter and (self.scratch is not None or self.init != "pretrained"):
             raise InputError("save_adapter needs a pretrained base to sit on; a randomly initialised base "
                              "is saved merged")
+
+    def _check_distillation(self) -> None:
+        object.__setattr__(self, "distill_data", tuple(str(d) for d in self.distill_data))
+        _positive_float("distill_weight", self.distill_weight)
+        if self.distill_from is None:
+            if self.distill_data:
+                raise InputError("distill_data (--distill-data) names the tables to distil; it needs a teacher "
+                                 "(distill_from / --distill-from)")
+            return
+        if self.objective == "generate":
+            raise InputError("distillation (distill_from / --distill-from) needs objective contrastive")
+        tables = {str(Path(d)) for d in self.data}
+        stray = [d for d in self.distill_data if str(Path(d)) not in tables]
+        if stray:
+            raise InputError(f"distill_data {stray} are not training tables; give tables that are also in data "
+                             f"(--data): {', '.join(self.data)}")
 
     @property
     def learning_rate(self) -> float:

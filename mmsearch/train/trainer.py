@@ -31,6 +31,7 @@ from ..errors import InputError
 from . import checkpoint as ckpt
 from .batches import BatchBuilder, DataOrder, ImageCache
 from .data import read_train_data
+from .distill import Distiller
 from .generate import generation_backward, generation_data
 from .gradcache import contrastive_backward
 from .loss import Temperature, false_negative_mask, info_nce
@@ -99,6 +100,12 @@ class Trainer:
         self.builder = BatchBuilder(self.data.examples, ImageCache(s.image_cache_mb << 20, s.max_image_pixels),
                                     s.data_negatives, self.miner.sample if self.miner else None)
         self.autocast = autocast_for(self.encoder.device, s.precision)
+        self.distiller = None
+        if s.distill_from:
+            self.distiller = Distiller.create(s.distill_from, s.distill_weight, s.distill_data, self.data.examples,
+                                              self.encoder, s.chunk_size, self.autocast)
+            log.info("distilling %.0f%% of the examples from %s (weight %g)", 100 * self.distiller.fraction,
+                     s.distill_from, s.distill_weight)
         self.step, self.last_loss, self.sequences = 0, None, 0
         if state is not None:
             self._restore(state)
@@ -160,7 +167,12 @@ class Trainer:
     def _contrastive_backward(self, batch) -> float:
         s = self.settings
         mask = false_negative_mask(batch.positives, batch.candidate_keys)
-        loss_fn = lambda q, c: info_nce(q, c, self.temperature.scale(), mask)  # noqa: E731
+        targets = self.distiller.targets(batch) if self.distiller is not None else None
+
+        def loss_fn(q, c):
+            loss = info_nce(q, c, self.temperature.scale(), mask)
+            return loss if targets is None else loss + self.distiller.loss(q, c, targets)
+
         return float(contrastive_backward(self.encoder, batch.queries, batch.candidates, loss_fn, s.chunk_size,
                                           1.0 / s.grad_accum, self.autocast))
 
@@ -196,6 +208,8 @@ class Trainer:
         record = {"step": self.step, "epoch": round(self.step * self.settings.grad_accum / self.order.per_epoch, 4),
                   "loss": window["loss"], "lr": self.scheduler.get_last_lr()[0],
                   "temperature": round(self.temperature.value, 6), "seq_per_s": window["seq_per_s"]}
+        if self.distiller is not None:
+            record["distill"] = self.distiller.flush()  # the part of `loss` that is distillation
         log.info("step %d/%d loss %.4f lr %.3g temperature %.4f %.1f seq/s", self.step, self.total, record["loss"],
                  record["lr"], record["temperature"], record["seq_per_s"])
         self._append_log(record)
@@ -233,8 +247,11 @@ class Trainer:
 
     def _run_facts(self) -> dict:
         s = self.settings
-        return {"examples": len(self.data.examples), "batch_size": s.batch_size, "grad_accum": s.grad_accum,
-                "seed": s.seed, "lora": s.lora is not None, "objective": s.objective}
+        facts = {"examples": len(self.data.examples), "batch_size": s.batch_size, "grad_accum": s.grad_accum,
+                 "seed": s.seed, "lora": s.lora is not None, "objective": s.objective}
+        if s.distill_from:
+            facts["distill"] = [s.distill_from, s.distill_weight, list(s.distill_data)]
+        return facts
 
     def state(self) -> dict:
         rng = {"cpu": torch.get_rng_state()}
