@@ -14,6 +14,7 @@ from PIL import Image
 from mmsearch.datasets import Holdout, SceneOptions, SyntheticOptions, make
 from mmsearch.datasets.collection import generate
 from mmsearch.datasets.scenes import PALETTE, Group, Scene, render_scene
+from mmsearch.datasets.specs import IMAGE_CANDIDATE, PAGE_CANDIDATE
 from mmsearch.errors import InputError
 
 SEED, SIZE = 3, 10  # 10 >= the 8 held-out pairs of 0.2 x 40, so every pair is drawn in test
@@ -523,6 +524,17 @@ def test_doc_title_rows_pair_each_question_with_its_page_title(tmp_path):
         assert row["qry"] == doc["qry"] and not row["qry_image_path"] and not row["pos_image_path"]
         keyword = re.search(r"\bthe (\w+)", doc["qry"].split(". ", 1)[1]).group(1)  # every question names it so
         assert row["pos_text"] == keyword.capitalize() == json.loads(doc["src_content"])["page_text"].split("\n")[0]
+    # --doc-candidate image: the same rows, the page candidates with the generic image instruction
+    make(tmp_path / "i", format="train", size=SIZE, seed=SEED, tasks=("t2i", "doc"), doc={"candidate": "image"})
+    generic = pq.read_table(tmp_path / "i" / "SynthDocs" / "train.parquet").to_pylist()
+    assert {r["pos_text"] for r in docs} == {f"<|image_1|>\n{PAGE_CANDIDATE}\n"}
+    assert {r["pos_text"] for r in generic} == {r["neg_text"] for r in generic} == {f"<|image_1|>\n{IMAGE_CANDIDATE}\n"}
+    same = ("qry", "pos_image_path", "neg_image_path", "src_content")
+    assert [{k: r[k] for k in same} for r in generic] == [{k: r[k] for k in same} for r in docs]
+    shapes = pq.read_table(tmp_path / "i" / "SynthShapes_t2i" / "train.parquet")
+    assert shapes.equals(pq.read_table(root / "SynthShapes_t2i" / "train.parquet"))
+    with pytest.raises(InputError, match="valid: page, image"):
+        make(tmp_path / "j", format="train", size=2, tasks=("doc",), doc={"candidate": "screenshot"})
     with pytest.raises(InputError, match="doc_titles"):
         make(tmp_path / "m", format="mbeir", size=2, doc_titles=True)
     with pytest.raises(InputError, match="doc_titles"):

@@ -51,6 +51,10 @@ def register(sub) -> None:
                    help="document pages: title and sentences, or one large word (a reading curriculum)")
     s.add_argument("--page-size", type=int, default=None, help="page side in pixels; unset: --image-size")
     s.add_argument("--font-size", type=int, default=None, help="page body font size; unset: page size / 11")
+    s.add_argument("--doc-candidate", choices=("page", "image"), default="page",
+                   help="MMEB / MMEB-train: page candidates carry VLM2Vec's document instruction (page) or the "
+                        "generic image one (image), as an index of screenshots or an M-BEIR pool encodes them "
+                        "(default: %(default)s)")
     s.add_argument("--doc-titles", action="store_true",
                    help="--format train: also write SynthDocTitles/<split>, each page question with the page's "
                         "title as text (a reading curriculum's first stage)")
@@ -82,7 +86,7 @@ def _options(args):
         seed=args.seed, image_size=args.image_size, tasks=args.tasks, splits=args.splits,
         holdout=holdout_from(args.holdout, seed=args.holdout_seed, splits=args.holdout_splits),
         scene=SceneOptions(**scene), doc=DocOptions(style=args.doc_style, page_size=args.page_size,
-                                                    font_size=args.font_size),
+                                                    font_size=args.font_size, candidate=args.doc_candidate),
         num_candidates=args.candidates, table=args.table, doc_titles=args.doc_titles, overwrite=args.overwrite)
 
 

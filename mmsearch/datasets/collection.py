@@ -7,6 +7,7 @@ keywords are unique, so each query has exactly one correct candidate in any pool
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
@@ -17,7 +18,7 @@ from .docs import Page, page_question, pseudo_word, sample_page, visible_text
 from .edits import ATTRIBUTE_EDITS, answer_vocabulary, apply_edit, sample_edit, sample_question, wrong_answer
 from .options import SPLITS, SyntheticOptions
 from .scenes import Pair, Scene, sample_scene
-from .specs import TASK_SPECS, TASKS, TaskSpec
+from .specs import IMAGE_CANDIDATE, TASK_SPECS, TASKS, TaskSpec
 
 MAX_DRAWS = 5000  # attempts per item before the attribute space counts as exhausted
 
@@ -79,8 +80,14 @@ def generate(options: SyntheticOptions) -> Collection:
             if task in options.tasks:
                 rng = np.random.default_rng([options.seed, TASKS.index(task), SPLITS.index(split)])
                 examples, pool = getattr(gen, f"_{task}")(rng, split, n)
-                parts[(task, split)] = TaskData(TASK_SPECS[task], split, examples, pool)
+                parts[(task, split)] = TaskData(_spec(task, options), split, examples, pool)
     return Collection(options, gen.held, parts)
+
+
+def _spec(task: str, options: SyntheticOptions) -> TaskSpec:
+    if task == "doc" and options.doc.candidate == "image":
+        return dataclasses.replace(TASK_SPECS[task], candidate_instruction=IMAGE_CANDIDATE)
+    return TASK_SPECS[task]
 
 
 class _Generator:

@@ -20,6 +20,7 @@ from ..errors import InputError
 from .scenes import sentence
 
 DOC_STYLES = ("page", "word")
+DOC_CANDIDATES = ("page", "image")   # the instruction of page candidates in MMEB tables (see DocOptions)
 FACT_KINDS = ("kind", "colour", "origin", "year")
 THINGS = ("animal", "plant", "mineral", "machine", "river", "island", "dance", "tool")
 HUES = ("red", "orange", "yellow", "green", "blue", "purple", "white", "black", "grey", "brown")
@@ -35,10 +36,16 @@ class DocOptions:
     page_size: Optional[int] = None   # pixels; None: the collection's image size
     font_size: Optional[int] = None   # body text; None: page_size / 11 (10 px at 112)
     filler: int = 0                   # extra sentences of made-up words per page
+    # MMEB tables: "page" gives page candidates VLM2Vec's document instruction; "image" the generic
+    # image one, which is what an index of screenshots or an M-BEIR pool gives them
+    candidate: str = "page"
 
     def __post_init__(self) -> None:
         if self.style not in DOC_STYLES:
             raise InputError(f"unknown document style {self.style!r}; valid: {', '.join(DOC_STYLES)}")
+        if self.candidate not in DOC_CANDIDATES:
+            raise InputError(f"unknown page candidate instruction {self.candidate!r}; valid: "
+                             f"{', '.join(DOC_CANDIDATES)}")
         if self.page_size is not None and not (isinstance(self.page_size, int) and 32 <= self.page_size <= 2048):
             raise InputError(f"page_size must be an integer in [32, 2048], got {self.page_size!r}")
         if self.font_size is not None and not (isinstance(self.font_size, int) and 6 <= self.font_size <= 200):
