@@ -1,8 +1,9 @@
-"""`mmsearch demo`: a small synthetic corpus indexed with the built-in model, searched three ways.
+"""`mmsearch demo`: a small synthetic corpus indexed with the built-in model, searched four ways.
 
 Every query has a known answer (the corpus is generated), so the output marks
-where the right item landed: text -> image, image -> caption, and composed
-(image + "Make the square blue." -> the edited image).
+where the right item landed: text -> image, image -> caption, composed
+(image + "Make the square blue." -> the edited image) and question -> document
+page (the page that names the question's made-up word).
 """
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ KINDS = (  # (title, M-BEIR pair file stem, query uses text, query uses image, c
     ("text -> image", "mbeir_synthshapes_task0_test", True, False, "image"),
     ("image -> caption", "mbeir_synthshapes_task3_test", False, True, "text"),
     ("composed: image + edit -> image", "mbeir_synthedit_task7_test", True, True, "image"),
+    ("question -> document page", "mbeir_synthdocs_task0_test", True, False, "image"),
 )
+TASKS = ("t2i", "i2t", "composed", "doc")
 
 
 def register(sub) -> None:
@@ -38,9 +41,8 @@ def _corpus(out: Path, size: int, seed: int) -> Path:
     from ..datasets import make
 
     root = out / "corpus"
-    if not (root / "cand_pool").is_dir():
-        make(root, format="mbeir", size=size, seed=seed, tasks=("t2i", "i2t", "composed"), splits=("test",),
-             overwrite=True)
+    if not all((root / "query" / "test" / f"{kind[1]}.jsonl").is_file() for kind in KINDS):
+        make(root, format="mbeir", size=size, seed=seed, tasks=TASKS, splits=("test",), overwrite=True)
     return root
 
 
@@ -89,10 +91,12 @@ def run(args) -> int:
 
 
 def _caption(meta: dict):
+    """A scene's caption, or a page's title (its first line)."""
     try:
-        return json.loads(meta.get("src_content") or "{}").get("caption")
+        facts = json.loads(meta.get("src_content") or "{}")
     except ValueError:
         return None
+    return facts.get("caption") or (facts.get("page_text") or "").split("\n")[0] or None
 
 
 def _print(summary: dict) -> None:
