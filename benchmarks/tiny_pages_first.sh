@@ -4,10 +4,7 @@
 # this script's results: 56.7 min on 2 threads; pages R@1 0.53 after stage 2, but stage 3 lost
 # half of it and left the scene tasks short of their targets).
 #   bash benchmarks/tiny_pages_first.sh [WORK_DIR]      (THREADS=2 by default: both cores)
-#   RECIPE=joint bash benchmarks/tiny_pages_first.sh [WORK_DIR]
-# RECIPE=joint (the card's `J2`, 52.5 min): pages at a constant learning rate for 800 steps (R@1 0.62
-# on 500 pages), then one 2,000-step stage of scenes, edits, i2t/VQA and fresh pages (42%); it ends
-# with pages 0.25 / 0.27 and t2i R@1 0.83 / 0.79, composed R@5 0.83 / 0.84.
+# (The card's `J2` ran the first two stages of mmsearch/models/tiny/train.sh, then its own stage 3.)
 # Each stage's model, log and mmsearch_train.json sit in WORK_DIR/<stage>; the last is WORK_DIR/final.
 set -euo pipefail
 WORK=${1:-tiny-retrain}
@@ -19,28 +16,16 @@ stage() { echo "== $1 ($(( (SECONDS - start) / 60 )) min so far)"; }
 
 synth() { mmsearch datasets make synthetic --format train --size "$@" --image-size 112 --overwrite --no-progress; }
 stage "data"
-RECIPE=${RECIPE:-four-stage}
 # scenes: 20% of colour x shape pairs never appear in training (--holdout 0.2); pages: a new seed per table
 synth 10000 --out sc_a --seed 1 --tasks t2i,composed --holdout 0.2 &     # 10k text->image, 10k composed edits
 synth 20000 --out doc_a --seed 5 --tasks doc --doc-titles &              # pages, and question -> title rows
 wait
-if [ "$RECIPE" = joint ]; then
-    synth 10000 --out sc_b --seed 3 --tasks t2i --holdout 0.2 &
-    synth 20000 --out doc_b --seed 7 --tasks doc &
-    wait
-    synth 6000 --out sc_c --seed 6 --tasks composed --holdout 0.2 &
-    synth 2000 --out mix_b --seed 4 --tasks t2i,i2t,vqa --holdout 0.2 &
-    synth 10000 --out doc_d --seed 9 --tasks doc &
-    synth 10000 --out doc_e --seed 10 --tasks doc &
-    wait
-else
-    synth 4000 --out mix_b --seed 4 --tasks t2i,i2t,vqa --holdout 0.2 &  # 4k each: text->image, image->text, VQA
-    synth 20000 --out doc_b --seed 7 --tasks doc &
-    wait
-    synth 20000 --out doc_c --seed 8 --tasks doc &
-    synth 10000 --out doc_d --seed 9 --tasks doc &
-    wait
-fi
+synth 4000 --out mix_b --seed 4 --tasks t2i,i2t,vqa --holdout 0.2 &  # 4k each: text->image, image->text, VQA
+synth 20000 --out doc_b --seed 7 --tasks doc &
+wait
+synth 20000 --out doc_c --seed 8 --tasks doc &
+synth 10000 --out doc_d --seed 9 --tasks doc &
+wait
 
 # bf16 autocast: 1.3x faster on this CPU (AVX512-BF16); pooling, similarities and the loss stay fp32
 COMMON=(--batch-size 96 --learn-temperature --threads "$THREADS" --precision bf16 --save-every 100
@@ -49,27 +34,11 @@ COMMON=(--batch-size 96 --learn-temperature --threads "$THREADS" --precision bf1
 # 1. keywords, text only, from random weights: each question's embedding learns its page's title word.
 #    The BPE is trained on every stage's texts (--vocab-data) so one tokenizer serves them all.
 stage "1 keywords"
-VOCAB=(sc_a/train.parquet mix_b/train.parquet doc_a/train.parquet)
-[ "$RECIPE" = joint ] && VOCAB=(sc_a/train.parquet sc_c/train.parquet mix_b/train.parquet doc_a/train.parquet)
 mmsearch train --data doc_a/SynthDocTitles/train.parquet --out s1_keywords \
     --scratch hidden=192,layers=3,heads=6,kv_heads=2,ffn=512,vision_embed=128,vision_depth=3 \
     --vocab-size 900 --scratch-image-size 112 \
-    --vocab-data "${VOCAB[@]}" \
+    --vocab-data sc_a/train.parquet mix_b/train.parquet doc_a/train.parquet \
     --lr 1.5e-3 --warmup 20 --max-steps 300 --temperature 0.027 --seed 0 "${COMMON[@]}"
-
-if [ "$RECIPE" = joint ]; then
-    # 2. pages at a constant learning rate (no decay before the next stage raises it again)
-    stage "2 pages"
-    mmsearch train --data doc_a/train.parquet doc_d/train.parquet --model s1_keywords --out s2_pages \
-        --lr 1e-3 --warmup 20 --schedule constant --max-steps 800 --temperature 0.025 --seed 1 "${COMMON[@]}"
-    # 3. everything together: 22k text->image, 16k edits, 4k i2t/VQA and 30k fresh pages (42%)
-    stage "3 scenes + pages"
-    mmsearch train --data sc_a/train.parquet sc_b/train.parquet sc_c/train.parquet mix_b/train.parquet \
-        doc_b/train.parquet doc_e/train.parquet --model s2_pages --out final \
-        --lr 1.2e-3 --warmup 40 --max-steps 2000 --temperature 0.025 --seed 2 "${COMMON[@]}"
-    stage "done: $WORK/final"
-    exit 0
-fi
 
 # 2. pages: question -> page image. Reading is learnt far faster before the scene stages
 #    (which teach the language model to ignore text in images) than after them.
