@@ -94,14 +94,18 @@ def _record_name(model) -> str:
 def _load_model(path: Path, backbone: str, preset: Preset, dtype):
     import transformers
 
+    from .qwen_vision import speed_up_vision
+
     if backbone == "phi3_v":  # Phi-3.5-V ships its own modelling code
         cls, kwargs = transformers.AutoModelForCausalLM, {"trust_remote_code": True, "_attn_implementation": "eager"}
     else:
         cls, kwargs = getattr(transformers, MODEL_CLASSES[backbone]), {}
     try:
-        return cls.from_pretrained(str(path), dtype=dtype, **kwargs)
+        net = cls.from_pretrained(str(path), dtype=dtype, **kwargs)
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"cannot load {backbone} weights from {path}: {e}") from None
+    speed_up_vision(net)  # Qwen2-VL: the same vision tower in fewer, larger operations
+    return net
 
 
 def _merge_adapter(net, adapter_path: Path, key_mapping=None):
