@@ -66,6 +66,13 @@ def pipeline_section(ip, enc):
     return text
 
 
+def train_speed_section(ts):
+    rows = [[r["what"], r["vision"], r.get("seconds_per_step", r.get("items_per_s"))] for r in ts["rows"]]
+    return (f"**Training step and vision tower** ({ts['model']}, {ts['threads']} threads; `benchmarks/train_speed.py`: "
+            "transformers' Qwen2-VL vision tower against mmsearch's batched one, `mmsearch/encoders/qwen_vision.py`):"
+            "\n\n" + table(["what", "vision tower", "s/step or items/s"], rows))
+
+
 def query_section(qp, load_test):
     s = [[r["shards"], r["qps_batch1000"], r["p50_ms_one_query"], r["exact_vs_one_shard"]] for r in qp["shards"]]
     lat = qp["latency"]
@@ -98,6 +105,8 @@ def main():
         parts.append(overhead_section(load("search_overhead")))
     if load("index_pipeline"):
         parts.append(pipeline_section(load("index_pipeline"), load("encode_speed")))
+    if load("train_speed"):
+        parts.append(train_speed_section(load("train_speed")))
     if load("query_path"):
         parts.append(query_section(load("query_path"), load("serve_load")))
     block = "\n\n".join(parts)
