@@ -8,7 +8,7 @@
 set -euo pipefail
 WORK=${1:-tiny-retrain}
 THREADS=${THREADS:-2}
-JOINT_STEPS=${JOINT_STEPS:-2000}
+JOINT_STEPS=${JOINT_STEPS:-2400}
 mkdir -p "$WORK"
 cd "$WORK"
 start=$SECONDS
