@@ -7,10 +7,15 @@ tests exercise the real loading and encoding path. Same seed, same bytes of weig
 
 On-disk layout of the processor part:
 
-- ``qwen2_vl`` / ``qwen2_5_vl``: ``preprocessor_config.json`` as on the Hub (flat image
-  processor dict with ``min_pixels``/``max_pixels`` and ``processor_class``); no video
-  processor config, as in the original Qwen2-VL repos (``AutoVideoProcessor`` falls back
-  to ``preprocessor_config.json`` when torchvision is present).
+- ``qwen2_vl`` / ``qwen2_5_vl`` / ``qwen3_vl``: ``preprocessor_config.json`` as on the Hub
+  (flat image processor dict with ``min_pixels``/``max_pixels`` and ``processor_class``); no
+  video processor config, as in the original Qwen2-VL repos (``AutoVideoProcessor`` falls
+  back to ``preprocessor_config.json`` when torchvision is present). ``qwen3_vl`` has
+  Qwen3-VL's patch 16 (image factor 32 with merge 2), its 0.5/0.5 normalisation, interleaved
+  M-RoPE, one DeepStack merger, and a small hand-written chat template
+  (``chat_template.jinja``) that renders system/user turns, images, videos, text and the
+  generation prompt as Qwen3-VL's does. transformers 5 maps its image processor to
+  ``Qwen2VLImageProcessorPil`` without torchvision.
 - ``llava_next`` / ``clip`` / ``siglip``: the stock processor's ``save_pretrained``
   (transformers 5 writes ``processor_config.json`` with the image processor nested in it
   plus the processor-level settings: for LLaVA-NeXT ``patch_size``,
@@ -20,9 +25,9 @@ Loading a processor without torchvision (transformers 5.23): ``AutoImageProcesso
 ``*ImageProcessor`` names fall back to the PIL classes (``Qwen2VLImageProcessorPil``,
 ``LlavaNextImageProcessorPil``, ``CLIPImageProcessorPil``, ``SiglipImageProcessorPil``).
 ``LlavaNextProcessor``, ``CLIPProcessor``, ``SiglipProcessor`` and ``AutoProcessor`` work
-as is. ``Qwen2VLProcessor``/``Qwen2_5_VLProcessor`` do not: the ``video_processor`` slot
-is type-checked against ``VideoProcessorMixin``, which needs torchvision, even when passed
-``None``. What works is a subclass whose ``__init__`` has no ``video_processor`` parameter
+as is. ``Qwen2VLProcessor``/``Qwen2_5_VLProcessor``/``Qwen3VLProcessor`` do not: the
+``video_processor`` slot is type-checked against ``VideoProcessorMixin``, which needs
+torchvision, even when passed ``None``. What works is a subclass whose ``__init__`` has no ``video_processor`` parameter
 (processor attributes are read from the ``__init__`` signature)::
 
     class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
@@ -31,10 +36,16 @@ is type-checked against ``VideoProcessorMixin``, which needs torchvision, even w
 
     processor = ImageOnlyQwen2VLProcessor.from_pretrained(model_dir)
 
+``sharpen_attention(model_dir)`` scales the text model's query/key projections in place: a
+random tiny model attends almost uniformly, so a wrong position or prompt rule barely moves
+its output until attention is sharpened (DESIGN §8).
+
 Gotchas (transformers 5.23, peft 0.21):
 
 - Pass everything the Qwen processor returns to the model: ``mm_token_type_ids`` drives
   M-RoPE. Without it Qwen2-VL raises, but Qwen2.5-VL silently computes other positions.
+- Qwen3-VL normalises queries and keys per head (``q_norm``/``k_norm``, RMSNorm), which
+  undoes any scaling of ``q_proj``/``k_proj``: ``sharpen_attention`` scales those norms too.
 - SigLIP pools the last position: tokenize with ``padding="max_length"`` (64).
 - ``CLIPModel``/``SiglipModel.get_text_features``/``get_image_features`` return an output
   object whose ``pooler_output`` is the projected embedding (a bare tensor in 4.x).
@@ -48,13 +59,15 @@ import contextlib
 import dataclasses
 import json
 import pathlib
+import re
 import shutil
 from collections.abc import Iterator, Sequence
 
 from mmsearch.encoders.factory import ADAPTER_KEY_MAPPING
 from mmsearch.errors import InputError
 
-KINDS = ("qwen2_vl", "qwen2_5_vl", "llava_next", "clip", "siglip")
+KINDS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava_next", "clip", "siglip")
+QWEN_KINDS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 
 QWEN_SPECIAL_TOKENS = (
     "<|endoftext|>",
@@ -95,6 +108,32 @@ MERGE = 2
 # Qwen images: 56*56 .. 112*112 pixels, i.e. 1 to 16 merged image tokens.
 QWEN_MIN_PIXELS = 56 * 56
 QWEN_MAX_PIXELS = 112 * 112
+# Qwen3-VL: patch 16, so one merged token is 32x32 px; 64*64 .. 128*128 px = 4 to 16 tokens.
+QWEN3_PATCH = 16
+QWEN3_MIN_PIXELS = 64 * 64
+QWEN3_MAX_PIXELS = 128 * 128
+QWEN3_IMAGE_MEAN = (0.5, 0.5, 0.5)  # Qwen3-VL normalises to [-1, 1], not with CLIP's statistics
+QWEN3_IMAGE_STD = (0.5, 0.5, 0.5)
+# A square grid of learned vision position embeddings, resampled to each image's grid.
+QWEN3_VISION_POSITIONS = 8 * 8
+# Renders system and user turns, images, videos, text and the generation prompt as
+# Qwen3-VL's own template does (<|im_start|>role\n...<|im_end|>\n; an image is
+# <|vision_start|><|image_pad|><|vision_end|>). Hand-written; no tools, no thinking.
+QWEN3_CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message.role + '\\n' }}"
+    "{%- if message.content is string %}{{- message.content }}"
+    "{%- else %}{%- for item in message.content %}"
+    "{%- if item.type == 'image' or 'image' in item or 'image_url' in item %}"
+    "{{- '<|vision_start|><|image_pad|><|vision_end|>' }}"
+    "{%- elif item.type == 'video' or 'video' in item %}"
+    "{{- '<|vision_start|><|video_pad|><|vision_end|>' }}"
+    "{%- elif 'text' in item %}{{- item.text }}"
+    "{%- endif %}{%- endfor %}{%- endif %}"
+    "{{- '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
 # LLaVA-NeXT: a 28 px CLIP tower (2x2 patches + CLS) and 28/56 px tiles.
 LLAVA_IMAGE_SIZE = 28
 LLAVA_PINPOINTS = [[28, 56], [56, 28], [56, 56]]
@@ -251,7 +290,7 @@ _TOKENIZER_SPECS = {
         model_max_length=64,
     ),
 }
-_TOKENIZER_SPECS["qwen2_5_vl"] = _TOKENIZER_SPECS["qwen2_vl"]
+_TOKENIZER_SPECS["qwen2_5_vl"] = _TOKENIZER_SPECS["qwen3_vl"] = _TOKENIZER_SPECS["qwen2_vl"]
 
 
 def _token_id(tokenizer, token: str) -> int:
@@ -306,11 +345,57 @@ def _qwen_config(kind: str, tokenizer, size: QwenSize):
     return cls(
         text_config=_qwen_text_config(tokenizer, size),
         vision_config=vision,
-        image_token_id=_token_id(tokenizer, "<|image_pad|>"),
-        video_token_id=_token_id(tokenizer, "<|video_pad|>"),
-        vision_start_token_id=_token_id(tokenizer, "<|vision_start|>"),
-        vision_end_token_id=_token_id(tokenizer, "<|vision_end|>"),
         tie_word_embeddings=False,
+        **_qwen_vision_token_ids(tokenizer),
+    )
+
+
+def _qwen_vision_token_ids(tokenizer) -> dict:
+    return dict(image_token_id=_token_id(tokenizer, "<|image_pad|>"),
+                video_token_id=_token_id(tokenizer, "<|video_pad|>"),
+                vision_start_token_id=_token_id(tokenizer, "<|vision_start|>"),
+                vision_end_token_id=_token_id(tokenizer, "<|vision_end|>"))
+
+
+def _qwen3_config(tokenizer, size: QwenSize):
+    from transformers import Qwen3VLConfig
+
+    head_dim = size.hidden // size.heads
+    half = head_dim // 2
+    # Qwen3-VL interleaves the sections (T H W T H W ...): H takes dims 1, 4, 7, ... and W
+    # 2, 5, 8, ... of head_dim/2, so 3 * section must fit; the real split is 24/20/20 of 64
+    spatial = (half * 5) // 16
+    mrope_section = [half - 2 * spatial, spatial, spatial]
+    text = _qwen_text_config(tokenizer, size)
+    text.update(
+        head_dim=head_dim,  # Qwen3VLTextConfig defaults to 128
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": 10000.0,
+            "mrope_section": mrope_section,
+            "mrope_interleaved": True,
+        },
+    )
+    vision = dict(
+        depth=size.vision_depth,
+        hidden_size=size.vision_embed,
+        intermediate_size=2 * size.vision_embed,
+        num_heads=size.vision_heads,
+        patch_size=QWEN3_PATCH,
+        spatial_merge_size=MERGE,
+        temporal_patch_size=2,
+        out_hidden_size=size.hidden,
+        num_position_embeddings=QWEN3_VISION_POSITIONS,
+        # DeepStack: features after vision block 0 are added to the image positions' hidden
+        # states after text layer 0 (the real models feed 3 blocks, e.g. 8/16/24 of 27, into
+        # the first 3 text layers)
+        deepstack_visual_indexes=[0],
+    )
+    return Qwen3VLConfig(
+        text_config=text,
+        vision_config=vision,
+        tie_word_embeddings=False,
+        **_qwen_vision_token_ids(tokenizer),
     )
 
 
@@ -401,33 +486,44 @@ def _siglip_config(tokenizer):
 # ----------------------------------------------------------------------------- processors
 
 
+_QWEN_PROCESSOR_CLASSES = {
+    "qwen2_vl": "Qwen2VLProcessor",
+    "qwen2_5_vl": "Qwen2_5_VLProcessor",
+    "qwen3_vl": "Qwen3VLProcessor",
+}
+
+
 def _save_qwen_image_processor(kind: str, out_dir: pathlib.Path) -> None:
     from transformers import Qwen2VLImageProcessorPil
 
+    if kind == "qwen3_vl":
+        min_pixels, max_pixels, patch = QWEN3_MIN_PIXELS, QWEN3_MAX_PIXELS, QWEN3_PATCH
+        extra = dict(image_mean=list(QWEN3_IMAGE_MEAN), image_std=list(QWEN3_IMAGE_STD))
+    else:
+        min_pixels, max_pixels, patch, extra = QWEN_MIN_PIXELS, QWEN_MAX_PIXELS, PATCH, {}
     image_processor = Qwen2VLImageProcessorPil(
-        min_pixels=QWEN_MIN_PIXELS,
-        max_pixels=QWEN_MAX_PIXELS,
-        patch_size=PATCH,
+        min_pixels=min_pixels,
+        max_pixels=max_pixels,
+        patch_size=patch,
         merge_size=MERGE,
         temporal_patch_size=2,
+        **extra,
     )
     image_processor.save_pretrained(str(out_dir))
     # as on the Hub: min/max_pixels spelled out (older transformers read only these), and
     # processor_class so the stock AutoProcessor finds the processor
     path = out_dir / "preprocessor_config.json"
     config = json.loads(path.read_text())
-    config.update(
-        min_pixels=QWEN_MIN_PIXELS,
-        max_pixels=QWEN_MAX_PIXELS,
-        processor_class="Qwen2VLProcessor" if kind == "qwen2_vl" else "Qwen2_5_VLProcessor",
-    )
+    config.update(min_pixels=min_pixels, max_pixels=max_pixels, processor_class=_QWEN_PROCESSOR_CLASSES[kind])
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def _save_processor(kind: str, tokenizer, out_dir: pathlib.Path) -> None:
     import transformers as tf
 
-    if kind in ("qwen2_vl", "qwen2_5_vl"):
+    if kind in QWEN_KINDS:
+        if kind == "qwen3_vl":
+            tokenizer.chat_template = QWEN3_CHAT_TEMPLATE  # saved as chat_template.jinja
         tokenizer.save_pretrained(str(out_dir))
         _save_qwen_image_processor(kind, out_dir)
         return
@@ -462,6 +558,7 @@ def _save_processor(kind: str, tokenizer, out_dir: pathlib.Path) -> None:
 _MODEL_CLASSES = {
     "qwen2_vl": "Qwen2VLForConditionalGeneration",
     "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+    "qwen3_vl": "Qwen3VLForConditionalGeneration",
     "llava_next": "LlavaNextForConditionalGeneration",
     "clip": "CLIPModel",
     "siglip": "SiglipModel",
@@ -479,6 +576,8 @@ def model_class(kind: str):
 def _config(kind: str, tokenizer, size: QwenSize):
     if kind in ("qwen2_vl", "qwen2_5_vl"):
         return _qwen_config(kind, tokenizer, size)
+    if kind == "qwen3_vl":
+        return _qwen3_config(tokenizer, size)
     if kind == "llava_next":
         return _llava_next_config(tokenizer)
     if kind == "clip":
@@ -505,6 +604,62 @@ def build_tiny_model(kind: str, out_dir, *, seed: int = 0, padding_side: str = "
     model.save_pretrained(str(out_dir))
     _save_processor(kind, tokenizer, out_dir)
     return out_dir
+
+
+# ----------------------------------------------------------------------------- sharpening
+
+# The text model's attention queries and keys, as named on disk by any kind here (Qwen
+# "model.layers.*" / "model.language_model.layers.*", LLaVA-NeXT "language_model.model.*",
+# CLIP/SigLIP "text_model.*"); vision towers are excluded by name. q_norm/k_norm are
+# Qwen3's per-head RMSNorms after the projections: they cancel a scaled projection, so their
+# weights carry the factor as well.
+_QK_PARAM = re.compile(r"\.self_attn\.(q_proj|k_proj)\.(weight|bias)$|\.self_attn\.(q_norm|k_norm)\.weight$")
+_VISION_PARAM = re.compile(r"(^|\.)(visual|vision_tower|vision_model|multi_modal_projector)\.")
+
+
+def _text_qk_keys(names) -> list:
+    return [n for n in names if _QK_PARAM.search(n) and not _VISION_PARAM.search(n)]
+
+
+def sharpen_attention(model_dir, factor: float = 6.0) -> pathlib.Path:
+    """Multiply the text model's attention query and key projections (weights and biases) by
+    ``factor``, in place: same files, other tensors untouched. Returns ``model_dir``.
+
+    Attention logits then grow by about ``factor**2``, so a random tiny model stops
+    attending almost uniformly and a wrong position or prompt rule changes its embeddings
+    (DESIGN §8). Where the text attention normalises queries and keys after the projection
+    (Qwen3-VL's ``q_norm``/``k_norm``), those norm weights are multiplied as well, since the
+    norm would otherwise undo the scaling.
+    """
+    import math
+
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor) or factor <= 0:
+        raise InputError(f"factor={factor!r} is not valid; expected a positive finite number")
+    model_dir = pathlib.Path(model_dir)
+    files = sorted(p for p in model_dir.glob("*.safetensors") if not p.name.startswith("adapter_"))
+    if not files:
+        raise InputError(
+            f"model_dir={str(model_dir)!r} has no *.safetensors weights; build it with build_tiny_model first"
+        )
+    scaled = 0
+    for path in files:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata()
+            weights = {name: f.get_tensor(name) for name in f.keys()}
+        keys = _text_qk_keys(weights)
+        if not keys:
+            continue
+        for name in keys:
+            weights[name] = (weights[name].to(torch.float64) * factor).to(weights[name].dtype).contiguous()
+        save_file(weights, str(path), metadata=metadata)
+        scaled += len(keys)
+    if not scaled:
+        raise InputError(f"model_dir={str(model_dir)!r} has no text attention q_proj/k_proj weights to sharpen")
+    return model_dir
 
 
 # ----------------------------------------------------------------------------- adapters

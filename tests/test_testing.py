@@ -1,6 +1,7 @@
 """mmsearch.testing: tiny checkpoints that reload offline and run real forward passes."""
 import json
 import pathlib
+import shutil
 import socket
 
 import numpy as np
@@ -11,9 +12,11 @@ from PIL import Image
 from mmsearch import testing
 from mmsearch.errors import InputError
 
-VLM_KINDS = ("qwen2_vl", "qwen2_5_vl", "llava_next")
+VLM_KINDS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava_next")
 DUAL_KINDS = ("clip", "siglip")
-IMAGE_TOKEN = {"qwen2_vl": "<|image_pad|>", "qwen2_5_vl": "<|image_pad|>", "llava_next": "<image>"}
+IMAGE_TOKEN = {
+    "qwen2_vl": "<|image_pad|>", "qwen2_5_vl": "<|image_pad|>", "qwen3_vl": "<|image_pad|>", "llava_next": "<image>"
+}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -36,6 +39,8 @@ def _load_processor(kind, path):
         return _image_only_processor_class(tf.Qwen2VLProcessor).from_pretrained(str(path))
     if kind == "qwen2_5_vl":
         return _image_only_processor_class(tf.Qwen2_5_VLProcessor).from_pretrained(str(path))
+    if kind == "qwen3_vl":
+        return _image_only_processor_class(tf.Qwen3VLProcessor).from_pretrained(str(path))
     return tf.AutoProcessor.from_pretrained(str(path))
 
 
@@ -135,6 +140,65 @@ def test_qwen_config_matches_tokenizer(kind, built, offline):
     saved = json.loads((built[kind] / "preprocessor_config.json").read_text())
     expected = {"qwen2_vl": "Qwen2VLProcessor", "qwen2_5_vl": "Qwen2_5_VLProcessor"}[kind]
     assert saved["processor_class"] == expected
+
+
+def test_qwen3_vl_config_matches_tokenizer_and_processor(built, loaded):
+    from transformers import AutoConfig, AutoImageProcessor
+
+    path = built["qwen3_vl"]
+    config = AutoConfig.from_pretrained(str(path))
+    _, processor = loaded["qwen3_vl"]
+    tok = processor.tokenizer
+    assert config.model_type == "qwen3_vl"
+    for name in ("image", "video", "vision_start", "vision_end"):
+        token = {"image": "<|image_pad|>", "video": "<|video_pad|>"}.get(name, f"<|{name}|>")
+        assert getattr(config, f"{name}_token_id") == tok.convert_tokens_to_ids(token)
+    text, vision = config.text_config, config.vision_config
+    assert text.hidden_size == 64 and text.num_hidden_layers == 2
+    assert text.head_dim == text.hidden_size // text.num_attention_heads == 16
+    section = text.rope_parameters["mrope_section"]
+    assert sum(section) == text.head_dim // 2 and text.rope_parameters["mrope_interleaved"]
+    assert 3 * max(section[1:]) <= text.head_dim // 2 + 1  # H/W dims interleave inside head_dim/2
+    assert vision.depth == 2 and vision.patch_size == 16 and vision.spatial_merge_size == 2
+    assert vision.out_hidden_size == text.hidden_size
+    assert all(0 <= i < vision.depth for i in vision.deepstack_visual_indexes)
+    assert len(vision.deepstack_visual_indexes) <= text.num_hidden_layers
+    image_processor = AutoImageProcessor.from_pretrained(str(path))
+    assert type(image_processor).__name__.startswith("Qwen2VLImageProcessor")
+    assert image_processor.patch_size == 16 and image_processor.merge_size == 2
+    assert image_processor.size.shortest_edge == 64 * 64 and image_processor.size.longest_edge == 128 * 128
+    assert list(image_processor.image_mean) == [0.5, 0.5, 0.5]
+    saved = json.loads((path / "preprocessor_config.json").read_text())
+    assert saved["processor_class"] == "Qwen3VLProcessor"
+    assert (saved["min_pixels"], saved["max_pixels"]) == (64 * 64, 128 * 128)
+
+
+def test_qwen3_vl_chat_template_renders_like_qwen3_vl(loaded):
+    _, processor = loaded["qwen3_vl"]
+    conversation = [
+        {"role": "system", "content": [{"type": "text", "text": "Represent the user's input."}]},
+        {"role": "user", "content": [{"type": "image", "image": "x.png"}, {"type": "text", "text": "a red bus"}]},
+    ]
+    rendered = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+    assert rendered == (
+        "<|im_start|>system\nRepresent the user's input.<|im_end|>\n"
+        "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>a red bus<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+
+
+def test_qwen3_vl_image_tokens_follow_the_32px_grid(loaded):
+    model, processor = loaded["qwen3_vl"]
+    prompt = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>a red bus<|im_end|>\n"
+    inputs, out = _forward(model, processor, [prompt], [_image(200, 170, 9)])
+    grid = inputs["image_grid_thw"][0].tolist()
+    # 200x170 px is 34000 px > 128*128: smart_resize to multiples of 32 within the max
+    assert grid[0] == 1 and grid[1] * 16 % 32 == 0 and grid[2] * 16 % 32 == 0
+    assert grid[1] * grid[2] * 16 * 16 <= 128 * 128
+    n_image_tokens = int((inputs["input_ids"] == model.config.image_token_id).sum())
+    assert n_image_tokens == grid[1] * grid[2] // 4
+    assert "mm_token_type_ids" in inputs
+    assert torch.isfinite(out.hidden_states[-1]).all()
 
 
 def test_llava_next_config_matches_processor(built, loaded):
@@ -345,6 +409,61 @@ def test_legacy_key_adapter_loads_with_key_mapping(adapter, built, loaded, tmp_p
         with torch.no_grad():
             outs.append(model.eval()(**inputs, output_hidden_states=True).hidden_states[-1])
     assert torch.allclose(outs[0], outs[1], atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- sharpening
+
+
+@pytest.mark.parametrize("kind", ("qwen2_vl", "qwen3_vl", "llava_next"))
+def test_sharpen_attention_scales_only_text_queries_and_keys(kind, tmp_path, offline):
+    path = testing.build_tiny_model(kind, tmp_path / kind, seed=0)
+    files = {p.name: p.read_bytes() for p in path.iterdir() if p.name != "model.safetensors"}
+    before = _weights(path)
+    assert testing.sharpen_attention(path, factor=6.0) == path
+    after = _weights(path)
+    assert after.keys() == before.keys()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    expected = {
+        k for k in before
+        if ("q_proj" in k or "k_proj" in k or "q_norm" in k or "k_norm" in k)
+        and "self_attn" in k and "vision" not in k and "visual" not in k
+    }
+    assert changed <= expected
+    assert any("q_proj.weight" in k for k in changed) and any("k_proj.weight" in k for k in changed)
+    if kind == "qwen3_vl":  # per-head RMSNorm after q/k_proj: the norm weights carry the factor
+        assert any("q_norm" in k for k in changed) and any("k_norm" in k for k in changed)
+    if kind == "qwen2_vl":  # biases are scaled too (the tiny model's start at zero)
+        assert any(k.endswith("q_proj.bias") for k in expected)
+    for k in expected:
+        assert torch.allclose(after[k], before[k] * 6.0, rtol=1e-6, atol=0)
+    # the other files are untouched, and the checkpoint reloads
+    assert {p.name: p.read_bytes() for p in path.iterdir() if p.name != "model.safetensors"} == files
+    testing.model_class(kind).from_pretrained(str(path))
+
+
+def test_sharpen_attention_changes_the_text_attention(built, loaded, tmp_path, offline):
+    _, processor = loaded["qwen2_vl"]
+    shutil.copytree(built["qwen2_vl"], tmp_path / "sharp")
+    testing.sharpen_attention(tmp_path / "sharp")
+    inputs = processor(text=["two cats sleeping on a blue sofa"], return_tensors="pt")
+
+    def attention_entropy(path):
+        net = testing.model_class("qwen2_vl").from_pretrained(str(path), attn_implementation="eager").eval()
+        with torch.no_grad():
+            attn = net(**inputs, output_attentions=True).attentions[-1][0, :, -1]  # last query, all heads
+        return float(-(attn * attn.clamp_min(1e-12).log()).sum(-1).mean())
+
+    # a random tiny model attends almost uniformly (entropy near log L); sharpened, it does not
+    assert attention_entropy(tmp_path / "sharp") < attention_entropy(built["qwen2_vl"]) - 0.25
+
+
+def test_sharpen_attention_errors(built, tmp_path):
+    with pytest.raises(InputError, match="factor=0"):
+        testing.sharpen_attention(built["qwen2_vl"], factor=0)
+    with pytest.raises(InputError, match="factor=nan"):
+        testing.sharpen_attention(built["qwen2_vl"], factor=float("nan"))
+    with pytest.raises(InputError, match="safetensors"):
+        testing.sharpen_attention(tmp_path / "missing")
 
 
 # ----------------------------------------------------------------------------- errors
