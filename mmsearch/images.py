@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 from typing import Optional
 
@@ -97,6 +98,27 @@ def image_fingerprint(image: ImageLike, *, source: Optional[str] = None) -> str:
     except OSError as e:
         raise ImageError(label, f"cannot read file: {e.strerror or e}") from e
     return digest.hexdigest()
+
+
+QWEN_MAX_RATIO = 200  # qwen_vl_utils.vision_process.MAX_RATIO
+
+
+def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """Qwen's `smart_resize` (qwen_vl_utils.vision_process, which GME's `fetch_image` and the
+    Qwen3-VL embedder and reranker call): (height, width) rounded to multiples of `factor` (at
+    least one), then scaled down (floored) above `max_pixels` or up (ceiled) below `min_pixels`,
+    keeping the aspect ratio."""
+    if max(height, width) / min(height, width) > QWEN_MAX_RATIO:
+        raise InputError(f"image of {width}x{height}: Qwen models take aspect ratios up to {QWEN_MAX_RATIO}, "
+                         f"got {max(height, width) / min(height, width):.1f}")
+    h, w = (max(factor, round(side / factor) * factor) for side in (height, width))
+    if h * w > max_pixels:
+        scale = math.sqrt(height * width / max_pixels)
+        h, w = (math.floor(side / scale / factor) * factor for side in (height, width))
+    elif h * w < min_pixels:
+        scale = math.sqrt(min_pixels / (height * width))
+        h, w = (math.ceil(side * scale / factor) * factor for side in (height, width))
+    return h, w
 
 
 def make_thumbnail(

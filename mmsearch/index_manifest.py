@@ -25,6 +25,10 @@ from typing import Any, Optional, Tuple, Union
 
 from mmsearch.errors import IndexFormatError, IndexMismatchError
 
+# Indexes written before embedding families (manifests without "family") embedded Qwen
+# backbones with transformers' M-RoPE positions: the rule now called the "mmsearch" family.
+LEGACY_FAMILY = {"qwen2_vl": "mmsearch", "qwen2_5_vl": "mmsearch"}
+
 FORMAT_VERSION = 1
 
 # The layout of INDEX/ (DESIGN §5).
@@ -172,6 +176,8 @@ class ModelInfo:
     weight_hash: Optional[str] = None
     pooling: str = "last_token"
     normalized: bool = True
+    family: Optional[str] = None    # the embedding recipe (None: an index from before families)
+    rule: Optional[str] = None      # the recipe's rule version
 
     def __post_init__(self) -> None:
         if not isinstance(self.dim, int) or isinstance(self.dim, bool) or self.dim <= 0:
@@ -191,15 +197,41 @@ class ModelInfo:
                    dim=_get(d, "dim", w, int), dtype=_get(d, "dtype", w, str),
                    revision=_get(d, "revision", w, str, optional=True),
                    weight_hash=_get(d, "weight_hash", w, str, optional=True),
-                   pooling=_get(d, "pooling", w, str), normalized=_get(d, "normalized", w, bool))
+                   pooling=_get(d, "pooling", w, str), normalized=_get(d, "normalized", w, bool),
+                   family=_get(d, "family", w, str, optional=True), rule=_get(d, "rule", w, str, optional=True))
+
+    @property
+    def effective_family(self) -> Optional[str]:
+        """The family the vectors were made by. Indexes from before families record none:
+        their Qwen2-VL/Qwen2.5-VL vectors used transformers' M-RoPE positions, i.e. the
+        ``mmsearch`` family; other backbones' rules did not change."""
+        if self.family is not None:
+            return self.family
+        return LEGACY_FAMILY.get(self.backbone)
+
+    def legacy_rule_note(self) -> Optional[str]:
+        """What to tell a user whose index was built under the old Qwen2-VL rule, or None."""
+        if self.family is not None or self.backbone not in LEGACY_FAMILY:
+            return None
+        return (f"this index was built before embedding families: its {self.backbone} vectors used M-RoPE "
+                f"positions, which VLM2Vec's reference does not (it uses 1D positions). Searches keep the old "
+                f"rule (family 'mmsearch') so results stay consistent. To get the reference embeddings, rebuild: "
+                f"mmsearch index build SOURCES --out INDEX --model {self.id} --fresh")
+
+    def encoder_options(self) -> dict:
+        """What `load_encoder` needs besides the id to make the same vectors again."""
+        family = self.effective_family
+        return {} if family is None else {"family": family, "dim": self.dim}
 
 
 def model_info_of(encoder, dtype: Optional[str] = None, pooling: str = "last_token",
                   normalized: bool = True) -> ModelInfo:
     """The ModelInfo of a loaded encoder, as the indexer records it and readers compare it."""
     dtype = dtype or str(getattr(encoder, "dtype", "float32")).replace("torch.", "")
+    recipe = getattr(encoder, "recipe", None)
     return ModelInfo(id=str(encoder.name), backbone=str(encoder.backbone), dim=int(encoder.dim), dtype=dtype,
-                     weight_hash=getattr(encoder, "fingerprint", None), pooling=pooling, normalized=normalized)
+                     weight_hash=getattr(encoder, "fingerprint", None), pooling=pooling, normalized=normalized,
+                     family=getattr(encoder, "family", None), rule=None if recipe is None else recipe.rule)
 
 
 @dataclass(frozen=True)
@@ -448,14 +480,18 @@ def check_model(built: ModelInfo, used: ModelInfo) -> None:
     differ (bf16 on GPU, fp32 on CPU give the same embeddings up to rounding).
     """
     fields = ["backbone", "dim", "pooling", "normalized"]
+    diffs = []
+    if used.family is not None and built.effective_family not in (None, used.family):
+        hint = " (load it with family=%r, or rebuild the index)" % built.effective_family
+        diffs.append(f"family: index has {built.effective_family!r}, encoder has {used.family!r}{hint}")
     if built.weight_hash and used.weight_hash:
         fields.append("weight_hash")
     else:
         fields.append("id")
         if built.revision and used.revision:
             fields.append("revision")
-    diffs = [f"{f}: index has {getattr(built, f)!r}, encoder has {getattr(used, f)!r}"
-             for f in fields if getattr(built, f) != getattr(used, f)]
+    diffs += [f"{f}: index has {getattr(built, f)!r}, encoder has {getattr(used, f)!r}"
+              for f in fields if getattr(built, f) != getattr(used, f)]
     if diffs:
         raise IndexMismatchError(f"the index was built with model {built.id!r} and cannot be searched "
                                  f"with {used.id!r}: " + "; ".join(diffs))

@@ -1,4 +1,7 @@
-"""VLM2Vec encoders against an independent implementation of DESIGN.md §3.
+"""Encoders against an independent implementation of mmsearch's own family (the rule its
+trainer used: VLM2Vec's parts joined by one space, transformers' positions), batching,
+padding, adapters, dual encoders and errors. Each published family's parity with its
+authors' code is tests/test_family_parity.py.
 
 The oracle below re-derives every rule on its own: it builds the input string
 by hand, processes ONE input at a time (so no padding), runs the FULL model
@@ -76,10 +79,13 @@ def _as_input(case):
 
 
 @pytest.mark.parametrize("kind", VLM_KINDS)
-def test_matches_independent_reference(kind, tiny_dir, tiny_encoder):
+def test_matches_independent_reference(kind, tiny_dir):
+    """mmsearch's own family (the rule its trainer trained with: parts joined by one space,
+    transformers' positions). The published families' parity is tests/test_family_parity.py."""
     oracle = Oracle(kind, tiny_dir(kind))
     cases = _cases()
-    got = tiny_encoder(kind).encode([_as_input(c) for c in cases], batch_size=4)
+    enc = mmsearch.load_encoder(tiny_dir(kind), family="mmsearch", device="cpu")
+    got = enc.encode([_as_input(c) for c in cases], batch_size=4)
     assert got.dtype == np.float32 and got.shape == (len(cases), 64)
     for case, row in zip(cases, got):
         want = oracle(**case)
@@ -125,7 +131,11 @@ def test_input_types_and_query_task(tiny_encoder):
 def test_golden_input_strings():
     assert format_input("qwen2_vl", "a dog", "Find it:", True) == "<|image_pad|> Find it: a dog"
     assert format_input("qwen2_5_vl", None, "Represent the given image.", True) == "<|image_pad|> Represent the given image."
-    assert format_input("llava_next", "a dog", None, True) == "<image> a dog"
+    # VLM2Vec's process_input_text keeps its separators when there is no instruction...
+    assert format_input("llava_next", "a dog", None, True) == "<image>  a dog"
+    assert format_input("qwen2_vl", None, None, True) == "<|image_pad|> "
+    # ...where mmsearch's own family (its trainer's rule) joins the non-empty parts
+    assert format_input("llava_next", "a dog", None, True, family="mmsearch") == "<image> a dog"
     assert format_input("phi3_v", "a dog", "Find it:", True) == "<|image_1|> Find it: a dog"
     assert format_input("phi3_v", "a dog", "Find it:", False) == "Find it: a dog"
     assert format_input("qwen2_vl", "a dog", "", False) == "a dog"

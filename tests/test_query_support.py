@@ -29,7 +29,7 @@ def item_meta(row):
 
 def model_info(encoder):
     return fmt.ModelInfo(id=encoder.name, backbone=encoder.backbone, dim=encoder.dim, dtype="float32",
-                         weight_hash=encoder.fingerprint)
+                         weight_hash=encoder.fingerprint, family=getattr(encoder, "family", None))
 
 
 def split_sizes(n, shards):

@@ -380,8 +380,9 @@ def test_mmeb_strings_are_normalised_to_the_encoder_format(tiny_encoder, data_di
     assert edit.positive == Side("Represent the given image.", str((data_dir / "img/green.png").resolve()))
     assert edit.negative == Side("Represent the given image.", str((data_dir / "img/red.png").resolve()))
     from mmsearch.encoders import Request
+    from mmsearch.train.batches import side_request
 
-    fmt = enc.format(Request(text=edit.positive.text, image=Image.new("RGB", (56, 56)), instruction=None))
+    fmt = enc.format(side_request(edit.positive, Image.new("RGB", (56, 56))))
     assert fmt == "<|image_pad|> Represent the given image."
     assert fmt == enc.format(Request(text=None, image=Image.new("RGB", (56, 56)),
                                      instruction="Represent the given image."))

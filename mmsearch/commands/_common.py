@@ -23,9 +23,27 @@ def print_table(headers: Sequence[str], rows: Iterable[Sequence], widths: Sequen
         print(fmt.format(*(clip(v, w) for v, w in zip(row, widths))).rstrip())
 
 
+def add_family_arg(p, dim: bool = False) -> None:
+    """--family (and --dim): how a checkpoint's outputs become vectors."""
+    from ..encoders.recipes import FAMILIES
+
+    p.add_argument("--family", default=None, choices=sorted(FAMILIES), metavar="FAMILY",
+                   help="the model's embedding family: " + ", ".join(FAMILIES) + " (default: the checkpoint's "
+                        "own mmsearch.json, a known checkpoint's, else its backbone's)")
+    if dim:
+        p.add_argument("--dim", type=int, default=None,
+                       help="truncate vectors to this Matryoshka size and re-normalise (families that list sizes)")
+
+
+def encoder_options(args) -> dict:
+    """load_encoder keyword arguments from --family/--dim."""
+    return {k: getattr(args, k, None) for k in ("family", "dim") if getattr(args, k, None) is not None}
+
+
 def add_model_args(p) -> None:
     p.add_argument("--model", default=None,
                    help="Hugging Face id or local checkpoint directory (default: the built-in mmsearch-tiny)")
+    add_family_arg(p, dim=True)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32")
     p.add_argument("--batch-size", type=int, default=None, help="inputs per forward pass")

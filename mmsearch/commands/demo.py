@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from ._common import clip, print_json
+from ._common import add_family_arg, clip, print_json
 
 QUERIES_PER_KIND = 3
 KINDS = (  # (title, M-BEIR pair file stem, query uses text, query uses image, candidate modality)
@@ -29,6 +29,7 @@ def register(sub) -> None:
                        description=__doc__)
     p.add_argument("--out", default="mmsearch-demo", help="folder for the corpus, the index and demo.html")
     p.add_argument("--model", default=None, help="encoder (default: the built-in mmsearch-tiny)")
+    add_family_arg(p)
     p.add_argument("--size", type=int, default=60, help="queries per task in the generated corpus")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("-k", type=int, default=5)
@@ -71,7 +72,7 @@ def run(args) -> int:
     out = Path(args.out)
     root = _corpus(out, args.size, args.seed)
     pool = root / "cand_pool" / "global" / "mbeir_union_test_cand_pool.jsonl"
-    built = build_index([pool], out / "index", model=args.model, source_kind="mbeir",
+    built = build_index([pool], out / "index", model=args.model, family=args.family, source_kind="mbeir",
                         source_options={"root": str(root)}, show_progress=not args.no_progress)
     index = open_index(out / "index")
     results = []

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import add_model_args, print_json
+from ._common import add_model_args, encoder_options, print_json
 
 CHUNK = 256  # rows decoded and encoded together; bounds memory on any input size
 
@@ -27,17 +27,21 @@ def register(sub) -> None:
     g.add_argument("--instruction", default=None, help="instruction text for every row")
     g.add_argument("--task", default=None, help="task name (see `mmsearch tasks`)")
     p.add_argument("--side", choices=("query", "candidate"), default="candidate",
-                   help="which of the task's instructions to use")
+                   help="embed the rows as queries or candidates: which of the task's instructions, and the "
+                        "family's prompt where it has one per side")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.set_defaults(handler=run)
 
 
-def _instruction(args):
+def _instruction(args, enc=None):
+    """The --instruction, or --task's for --side: through the model's own prompts once loaded."""
     if args.task is None:
         return args.instruction
+    if enc is not None:
+        return enc.task_instruction(args.task, args.side)
     from ..tasks import resolve_instruction
 
-    return resolve_instruction(task=args.task, side=args.side)
+    return resolve_instruction(task=args.task, side=args.side)  # an unknown task fails before the model loads
 
 
 def _out_paths(prefix: str):
@@ -53,8 +57,9 @@ def run(args) -> int:
     from ..errors import MMSearchError
     from ..indexer.sources import open_source
 
-    instruction = _instruction(args)
-    enc = load_encoder(args.model, device=args.device, dtype=args.dtype)
+    _instruction(args)
+    enc = load_encoder(args.model, device=args.device, dtype=args.dtype, **encoder_options(args))
+    instruction = _instruction(args, enc)
     npy_path, ids_path, err_path = _out_paths(args.out)
     npy_path.parent.mkdir(parents=True, exist_ok=True)
     ids, errors, seen = [], [], set()
@@ -78,7 +83,7 @@ def run(args) -> int:
                 errors.append({"id": rec.item.id, "source": rec.where, "reason": "duplicate id"})
                 continue
             try:
-                chunk.append((rec.item.id, to_request(rec.item, instruction, enc.max_pixels, len(ids))))
+                chunk.append((rec.item.id, to_request(rec.item, instruction, enc.max_pixels, len(ids), args.side)))
                 seen.add(rec.item.id)
             except MMSearchError as e:
                 errors.append({"id": rec.item.id, "source": rec.where, "reason": str(e)})

@@ -5,7 +5,7 @@ import sys
 import time
 from pathlib import Path
 
-from ._common import print_json
+from ._common import add_family_arg, encoder_options, print_json
 
 
 def register(sub) -> None:
@@ -37,6 +37,7 @@ def register(sub) -> None:
 def _common(p, name: str) -> None:
     p.add_argument("--model", default=None,
                    help="Hugging Face id or local checkpoint directory (default: the built-in mmsearch-tiny)")
+    add_family_arg(p, dim=True)
     p.add_argument("--work", default=None, help=f"working/output folder (default: ./{name}-eval)")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
@@ -62,7 +63,7 @@ def run_mbeir(args) -> int:
                       prompt=args.prompt, seed=args.seed, batch_size=args.batch_size, index=args.index,
                       fresh=args.fresh, show_progress=not args.no_progress)
     start = time.perf_counter()
-    enc = load_encoder(args.model, device=args.device, dtype=args.dtype)
+    enc = load_encoder(args.model, device=args.device, dtype=args.dtype, **encoder_options(args))
     results = run_mbeir(s, enc)
     header = _header(enc, root=args.root, split=args.split, prompt=args.prompt, index=args.index,
                      elapsed_seconds=round(time.perf_counter() - start, 1))
@@ -78,7 +79,7 @@ def run_mmeb(args) -> int:
     root = Path(args.root)
     work = Path(args.work or "mmeb-eval")
     start = time.perf_counter()
-    enc = load_encoder(args.model, device=args.device, dtype=args.dtype)
+    enc = load_encoder(args.model, device=args.device, dtype=args.dtype, **encoder_options(args))
     image_root = Path(args.image_root) if args.image_root else root / "images"
     results = [evaluate_dataset(enc, name, table, image_root, args.batch_size, not args.no_progress)
                for name, table in find_datasets(root, args.datasets).items()]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ._common import print_json
+from ._common import add_family_arg, encoder_options, print_json
 
 QUERIES_FILE_HELP = ("a text file with one query per line, JSONL with a \"text\" or \"query\" field (and an "
                      "optional \"image\" path), or a .npy of precomputed embeddings")
@@ -81,6 +81,7 @@ def _build_parser(isub) -> None:
     b.add_argument("--out", required=True, help="index directory")
     b.add_argument("--model", default=None,
                    help="Hugging Face id or local checkpoint directory (default: the built-in mmsearch-tiny)")
+    add_family_arg(b, dim=True)
     g = b.add_mutually_exclusive_group()
     g.add_argument("--task", default=None, help="use this task's candidate instruction (see `mmsearch tasks`)")
     g.add_argument("--instruction", default=None, help="candidate instruction for every item")
@@ -165,6 +166,7 @@ def run_build(args) -> int:
     from ..indexer.settings import parse_size
 
     opts = _options(args)
+    opts.update(encoder_options(args))
     opts.update(task=args.task, instruction=args.instruction, index=args.index,
                 memory_budget=parse_size(args.memory_budget), shard_size=args.shard_size, query_bank=args.query_bank)
     return _finish(lambda: build_index(args.sources, args.out, model=args.model, fresh=args.fresh, **opts), args)

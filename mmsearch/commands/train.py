@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from ._common import print_json
+from ._common import add_family_arg, print_json
 
 EPILOG = """examples:
   mmsearch train --data train.parquet --model Qwen/Qwen2-VL-2B-Instruct --lora --out run1
@@ -41,6 +41,7 @@ def _model_args(p) -> None:
     g = p.add_argument_group("model")
     src = g.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="starting checkpoint: Hugging Face id or local directory")
+    add_family_arg(g)
     src.add_argument("--scratch", nargs="?", const="", metavar="SIZES",
                      help="a new Qwen2-VL, e.g. hidden=192,layers=3,heads=6,kv_heads=2,ffn=512,vision_embed=128,"
                           "vision_depth=3 (the default sizes)")
@@ -171,7 +172,7 @@ def settings_from_args(args):
         mining = MiningSettings(source=args.mine_negatives, every=args.mine_every, k=args.mine_k,
                                 per_query=args.mine_per_query)
     return TrainSettings(
-        data=tuple(args.data), out=args.out, model=args.model, image_root=args.image_root,
+        data=tuple(args.data), out=args.out, model=args.model, family=args.family, image_root=args.image_root,
         init="config" if args.init_from_config else "pretrained", scratch=scratch,
         vocab_data=tuple(args.vocab_data), lora=lora,
         objective=args.objective, freeze=args.freeze, save_adapter=args.save_adapter, batch_size=args.batch_size,

@@ -1,6 +1,10 @@
-"""Encoders: VLM2Vec (Qwen2-VL, Qwen2.5-VL, LLaVA-NeXT, Phi-3.5-V) and CLIP/SigLIP baselines."""
+"""Encoders: vision-language models embedded by their family's recipe (VLM2Vec V1/V2, GME,
+Qwen3-VL-Embedding, jina-embeddings-v4, mmsearch's own) and CLIP/SigLIP baselines."""
 from .base import Encoder, Request
 from .factory import SUPPORTED, load_encoder
-from .formatting import format_input, image_token
+from .formatting import image_token
+from .loading import BUILTIN_MODELS
+from .recipes import FAMILIES, Recipe, format_input
 
-__all__ = ["Encoder", "Request", "SUPPORTED", "format_input", "image_token", "load_encoder"]
+__all__ = ["BUILTIN_MODELS", "Encoder", "FAMILIES", "Recipe", "Request", "SUPPORTED", "format_input", "image_token",
+           "load_encoder"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Iterable, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image
@@ -18,6 +18,9 @@ from PIL import Image
 from ..errors import InputError
 from ..images import load_image
 from ..types import Item, Query
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .recipes import Recipe
 
 EncodeInput = Union[Item, Query, str, Image.Image]
 Instruction = Optional[Union[str, Sequence[Optional[str]]]]
@@ -33,28 +36,41 @@ class Request:
     # A complete, already formatted input string used verbatim (benchmark protocols
     # such as MMEB ship them); it must carry the image token iff there is an image.
     prompt: Optional[str] = None
+    side: str = "query"     # "query" or "candidate": families with one prompt per side need it
 
 
-def _query_instruction(query: Query, default: Optional[str]) -> Optional[str]:
-    if query.instruction is not None:
-        return query.instruction
-    if query.task is not None:
+SIDES = ("query", "candidate")
+
+
+def check_side(side: Optional[str]) -> Optional[str]:
+    if side is not None and side not in SIDES:
+        raise InputError(f"side={side!r}: expected one of {list(SIDES)}")
+    return side
+
+
+def to_request(x: EncodeInput, instruction: Optional[str], max_pixels: Optional[int], position: int,
+               side: Optional[str] = None, task_instruction=None) -> Request:
+    """Resolve one input. A Query's own instruction/task wins over the call's. `side`
+    defaults to "candidate" for an Item and "query" for everything else;
+    `task_instruction(task, side)` resolves a Query's task (default: the task library)."""
+    if task_instruction is None:
         from ..tasks import resolve_instruction  # the task library is data; import when used
 
-        return resolve_instruction(task=query.task, side="query")
-    return default
-
-
-def to_request(x: EncodeInput, instruction: Optional[str], max_pixels: Optional[int], position: int) -> Request:
-    """Resolve one input. A Query's own instruction/task wins over the call's."""
+        def task_instruction(task, side):
+            return resolve_instruction(task=task, side=side)
     if isinstance(x, str):
-        text, image, instr = x, None, instruction
+        text, image, instr, own = x, None, instruction, "query"
     elif isinstance(x, Image.Image):
-        text, image, instr = None, x, instruction
+        text, image, instr, own = None, x, instruction, "query"
     elif isinstance(x, Query):
-        text, image, instr = x.text, x.image, _query_instruction(x, instruction)
-    elif isinstance(x, Item):
+        own = "query"
         text, image, instr = x.text, x.image, instruction
+        if x.instruction is not None:
+            instr = x.instruction
+        elif x.task is not None:
+            instr = task_instruction(x.task, side or own)
+    elif isinstance(x, Item):
+        text, image, instr, own = x.text, x.image, instruction, "candidate"
     else:
         raise InputError(
             f"input #{position}: cannot encode {type(x).__name__}; "
@@ -68,7 +84,7 @@ def to_request(x: EncodeInput, instruction: Optional[str], max_pixels: Optional[
     if image is not None:
         label = f"item {x.id!r}" if isinstance(x, Item) else None
         image = load_image(image, max_pixels=max_pixels, source=label)
-    return Request(text=text or None, image=image, instruction=instr or None)
+    return Request(text=text or None, image=image, instruction=instr or None, side=side or own)
 
 
 def _instruction_for(instruction: Instruction, i: int, n: int) -> Optional[str]:
@@ -102,8 +118,26 @@ class Encoder(ABC):
     dim: int
     name: str               # the model id or path it was loaded from
     backbone: str           # config.model_type
+    family: str             # the recipe it embeds by (`recipes.FAMILIES`)
+    recipe: "Recipe"
     default_batch_size: int = 16
     max_pixels: Optional[int] = None
+    model_tasks: dict = {}  # the model's own task prompts: name -> (query, candidate)
+
+    def task_instruction(self, task, side: str = "query") -> str:
+        """A task's instruction for this model: the model's own prompts first (what it was
+        trained with), then its family's documented ones, then the task library's."""
+        from .recipes import task_instruction
+
+        return task_instruction(self.recipe, self.model_tasks, task, check_side(side))
+
+    def candidate_instructions(self) -> Optional[dict]:
+        """The family's candidate instruction per modality for an index, or None for the
+        library's (VLM2Vec's conventions)."""
+        default = self.recipe.default_instruction.get("candidate")
+        if not self.recipe.takes_instruction:
+            return {"default": ""}
+        return {"default": default} if default else None
 
     def encode(
         self,
@@ -111,14 +145,20 @@ class Encoder(ABC):
         instruction: Instruction = None,
         batch_size: Optional[int] = None,
         show_progress: Optional[bool] = None,
+        side: Optional[str] = None,
     ) -> np.ndarray:
-        """Encode inputs (Item, Query, str or PIL image) to a float32 (n, dim) array."""
+        """Encode inputs (Item, Query, str or PIL image) to a float32 (n, dim) array.
+
+        `side` ("query" or "candidate") picks the family's prompt where the two differ;
+        by default an Item is a candidate and everything else a query."""
         if isinstance(inputs, (str, Item, Query, Image.Image)):
             inputs = [inputs]
         inputs = list(inputs)
         n = len(inputs)
+        check_side(side)
         requests = [
-            to_request(x, _instruction_for(instruction, i, n), self.max_pixels, i) for i, x in enumerate(inputs)
+            to_request(x, _instruction_for(instruction, i, n), self.max_pixels, i, side, self.task_instruction)
+            for i, x in enumerate(inputs)
         ]
         return self.encode_requests(requests, batch_size=batch_size, show_progress=show_progress)
 

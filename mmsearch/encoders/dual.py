@@ -23,9 +23,11 @@ def _features(out) -> "torch.Tensor":
 
 
 class DualEncoder(Encoder):
-    def __init__(self, model, tokenizer, image_processor, *, backbone: str, name: str, device, dtype,
+    def __init__(self, model, tokenizer, image_processor, *, backbone: str, recipe, name: str, device, dtype,
                  fingerprint: str, max_pixels: Optional[int] = None, batch_size: Optional[int] = None):
         self.model = model.eval()
+        self.recipe = recipe
+        self.family = recipe.name
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.backbone = backbone

@@ -1,6 +1,8 @@
 """`load_encoder`: from a model id or directory to a ready Encoder.
 
-The backbone is chosen by `config.model_type`. Adapter-only checkpoints
+The backbone is chosen by `config.model_type`, the family (`recipes`) by, first
+that applies: the call's `family`, a known checkpoint's preset, the directory's
+`mmsearch.json`, the default for the backbone. Adapter-only checkpoints
 (`adapter_config.json`, as VLM2Vec's Qwen2-VL and LoRA repos are) load onto
 their base through peft and are merged, so inference costs what a plain model
 costs.
@@ -8,6 +10,7 @@ costs.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -16,14 +19,17 @@ from ..images import DEFAULT_MAX_PIXELS
 from .base import Encoder
 from .dual import DUAL_BACKBONES, DualEncoder
 from .formatting import BACKBONES
-from .loading import BUILTIN_MODELS, DEFAULT_MODEL, adapter_base, model_type, resolve_device_dtype, resolve_model_path, weights_fingerprint
+from .loading import (BUILTIN_MODELS, DEFAULT_MODEL, adapter_base, model_type, read_model_card, resolve_device_dtype,
+                      resolve_model_path, weights_fingerprint)
 from .presets import Preset, preset_for
 from .processors import load_dual_processors, load_vlm_processor
-from .vlm2vec import VLM2VecEncoder
+from .recipes import Recipe, recipe_for
+from .vlm import VLMEncoder
 
 MODEL_CLASSES = {
     "qwen2_vl": "Qwen2VLForConditionalGeneration",
     "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+    "qwen3_vl": "Qwen3VLForConditionalGeneration",
     "llava_next": "LlavaNextForConditionalGeneration",
     "clip": "CLIPModel",
     "siglip": "SiglipModel",
@@ -45,6 +51,8 @@ def load_encoder(
     device: str = "auto",
     dtype: str = "auto",
     *,
+    family: Optional[str] = None,
+    dim: Optional[int] = None,
     revision: Optional[str] = None,
     max_image_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
     **overrides,
@@ -52,36 +60,67 @@ def load_encoder(
     """Load an encoder from a Hugging Face id or a local checkpoint directory
     (None: the small model shipped with mmsearch, "mmsearch-tiny").
 
-    `overrides` replace fields of the checkpoint's preset (see
-    `mmsearch.encoders.presets.Preset`): e.g. `image_size=(448, 448)`,
-    `max_pixels=...`, `processor="path/to/processor"`, `base_model=...`.
+    `family` names the embedding recipe (`mmsearch.encoders.recipes.FAMILIES`); `dim`
+    truncates to a Matryoshka size the family lists. `overrides` replace fields of the
+    checkpoint's preset (see `mmsearch.encoders.presets.Preset`): e.g.
+    `image_size=(448, 448)`, `max_pixels=...`, `processor="path/to/processor"`, `base_model=...`.
     """
+    model = DEFAULT_MODEL if model is None else model
+    ck = describe_checkpoint(model, family, revision, **overrides)
+    dev, dt = resolve_device_dtype(device, dtype, gpu_dtype=ck.recipe.gpu_dtype)
+    net = _load_model(ck.weights_dir, ck.backbone, ck.preset, dt)
+    if ck.base is not None:
+        net = _merge_adapter(net, ck.path, ADAPTER_KEY_MAPPING.get(ck.backbone))
+    net = net.to(dev)
+    common = dict(backbone=ck.backbone, recipe=ck.recipe, name=_record_name(model), device=dev, dtype=dt,
+                  fingerprint=weights_fingerprint(ck.path), max_pixels=max_image_pixels)
+    if ck.backbone in DUAL_BACKBONES:
+        tok, improc = load_dual_processors(ck.path)
+        enc = DualEncoder(net, tok, improc, batch_size=ck.preset.batch_size, **common)
+        ck.recipe.check_dim(dim, enc.dim)
+        return enc
+    proc_dir = _processor_dir(ck.path, ck.weights_dir, ck.preset)
+    processor = load_vlm_processor(proc_dir, ck.backbone, ck.preset)
+    enc = VLMEncoder(net, processor, preset=ck.preset, processor_dir=proc_dir, tasks=ck.tasks, **common)
+    listed = getattr(net.config, "matryoshka_dims", None)  # a checkpoint may name its own sizes
+    enc.dim = ck.recipe.check_dim(dim, enc.full_dim, listed) or enc.full_dim
+    return enc
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """What a checkpoint is, read from its files without loading weights."""
+
+    path: Path                  # the checkpoint (or adapter) directory
+    base: Optional[str]         # an adapter's base model, else None
+    weights_dir: Path           # where the full weights are
+    backbone: str
+    recipe: Recipe
+    preset: Preset
+    card: dict                  # its mmsearch.json: family and task prompts
+
+    @property
+    def tasks(self) -> dict:
+        return self.card.get("tasks") or {}
+
+
+def describe_checkpoint(model=None, family: Optional[str] = None, revision: Optional[str] = None,
+                        **overrides) -> Checkpoint:
+    """The checkpoint's backbone and family (call, preset, mmsearch.json, backbone default)."""
     model = DEFAULT_MODEL if model is None else model
     preset = preset_for(model).override(**overrides)
     path = resolve_model_path(model, revision)
+    card = read_model_card(path)
     base = adapter_base(path)  # None for a full (or already merged) checkpoint
     if base is not None and preset.base_model:
         base = preset.base_model  # lets a user point at a local copy of the base
     weights_dir = resolve_model_path(base) if base else path
     backbone = preset.backbone or model_type(weights_dir)
-    if backbone not in SUPPORTED:
-        raise ModelLoadError(f"unsupported model_type {backbone!r} in {weights_dir}/config.json; "
-                             f"supported: {', '.join(SUPPORTED)}")
-    dev, dt = resolve_device_dtype(device, dtype)
-    net = _load_model(weights_dir, backbone, preset, dt)
-    if base is not None:
-        net = _merge_adapter(net, path, ADAPTER_KEY_MAPPING.get(backbone))
-    net = net.to(dev)
-    fingerprint = weights_fingerprint(path)
-    name = _record_name(model)
-    if backbone in DUAL_BACKBONES:
-        tok, improc = load_dual_processors(path)
-        return DualEncoder(net, tok, improc, backbone=backbone, name=name, device=dev, dtype=dt,
-                           fingerprint=fingerprint, max_pixels=max_image_pixels, batch_size=preset.batch_size)
-    proc_dir = _processor_dir(path, weights_dir, preset)
-    processor = load_vlm_processor(proc_dir, backbone, preset)
-    return VLM2VecEncoder(net, processor, backbone=backbone, name=name, preset=preset, device=dev, dtype=dt,
-                          fingerprint=fingerprint, max_pixels=max_image_pixels, processor_dir=proc_dir)
+    recipe = recipe_for(backbone, family or preset.family or card.get("family"))
+    if recipe.processor_pixels:  # the family's code sets them, whatever the checkpoint says; the call wins
+        low, high = recipe.processor_pixels
+        preset = preset.override(min_pixels=preset.min_pixels or low, max_pixels=preset.max_pixels or high)
+    return Checkpoint(path, base, weights_dir, backbone, recipe, preset, card)
 
 
 def _record_name(model) -> str:

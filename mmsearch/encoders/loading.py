@@ -15,6 +15,7 @@ from typing import Optional, Tuple
 from ..errors import ModelLoadError
 
 ADAPTER_CONFIG = "adapter_config.json"
+MODEL_CARD = "mmsearch.json"   # a checkpoint's family and task prompts, for mmsearch
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
 
 
@@ -112,8 +113,38 @@ def model_type(path: Path, trust_remote_code: bool = False) -> str:
     return mt
 
 
-def resolve_device_dtype(device: str = "auto", dtype: str = "auto") -> Tuple["torch.device", "torch.dtype"]:
-    """auto: CUDA with bf16 when a GPU is present (as the reference runs), else CPU fp32."""
+def read_model_card(path: Path) -> dict:
+    """A checkpoint's `mmsearch.json`: {"family": name, "tasks": {task: [query, candidate]}};
+    {} when there is none. The tasks are the prompts the model was trained with."""
+    card_path = path / MODEL_CARD
+    if not card_path.is_file():
+        return {}
+    card = read_json(card_path)
+    family = card.get("family")
+    tasks = card.get("tasks", {})
+    if not isinstance(card, dict) or (family is not None and not isinstance(family, str)) or not isinstance(tasks, dict):
+        raise ModelLoadError(f"{card_path}: expected {{\"family\": str, \"tasks\": {{name: [query, candidate]}}}}")
+    table = {}
+    for name, pair in tasks.items():
+        if isinstance(pair, dict):
+            pair = [pair.get("query", ""), pair.get("candidate", "")]
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
+            raise ModelLoadError(f"{card_path}: task {name!r} must be [query instruction, candidate instruction], "
+                                 f"got {pair!r}")
+        table[name] = tuple(pair)
+    return {"family": family, "tasks": table}
+
+
+def write_model_card(path: Path, family: str, tasks: Optional[dict] = None) -> None:
+    """Record in a checkpoint directory the family it embeds by (and its task prompts)."""
+    card = {"family": family, "tasks": {k: list(v) for k, v in (tasks or {}).items()}}
+    (Path(path) / MODEL_CARD).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+
+
+def resolve_device_dtype(device: str = "auto", dtype: str = "auto",
+                         gpu_dtype: str = "bf16") -> Tuple["torch.device", "torch.dtype"]:
+    """auto: CUDA with the family's GPU dtype (bf16 unless its reference runs fp16),
+    else CPU fp32."""
     import torch
 
     if device == "auto":
@@ -124,7 +155,7 @@ def resolve_device_dtype(device: str = "auto", dtype: str = "auto") -> Tuple["to
     names = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
              "fp32": torch.float32, "float32": torch.float32}
     if dtype == "auto":
-        return dev, (torch.bfloat16 if dev.type == "cuda" else torch.float32)
+        return dev, (names[gpu_dtype] if dev.type == "cuda" else torch.float32)
     if isinstance(dtype, torch.dtype):
         return dev, dtype
     if dtype not in names:

@@ -1,9 +1,9 @@
-"""Settings of the published VLM2Vec checkpoints, as data.
+"""Settings of published checkpoints, as data.
 
-Each preset says what the checkpoint needs beyond its own files: its backbone,
-the base model an adapter-only repo sits on, where the processor comes from,
-and the image resolution it was evaluated with. Every field can be
-overridden through `load_encoder(..., **overrides)`.
+Each preset says what the checkpoint needs beyond its own files: its family
+(`recipes`), backbone, the base model an adapter-only repo sits on, where the
+processor comes from, and the image resolution it was evaluated with. Every
+field can be overridden through `load_encoder(..., **overrides)`.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Optional, Tuple
 
 @dataclass(frozen=True)
 class Preset:
+    family: Optional[str] = None
     backbone: Optional[str] = None
     base_model: Optional[str] = None        # for adapter-only checkpoints
     processor: Optional[str] = None         # where tokenizer/image processor come from
@@ -35,26 +36,35 @@ class Preset:
 PHI35V = "microsoft/Phi-3.5-vision-instruct"
 QWEN2VL_2B = "Qwen/Qwen2-VL-2B-Instruct"
 QWEN2VL_7B = "Qwen/Qwen2-VL-7B-Instruct"
+GME_MIN_PIXELS, GME_MAX_PIXELS = 256 * 28 * 28, 1280 * 28 * 28   # gme_inference.py: min/max_image_tokens
 
 KNOWN_CHECKPOINTS = {
     "TIGER-Lab/VLM2Vec-Full": Preset(
-        backbone="phi3_v", processor=PHI35V, dim=3072, trust_remote_code=True, num_crops=16
+        family="vlm2vec", backbone="phi3_v", processor=PHI35V, dim=3072, trust_remote_code=True, num_crops=16
     ),
     "TIGER-Lab/VLM2Vec-LoRA": Preset(
-        backbone="phi3_v", base_model=PHI35V, processor=PHI35V, dim=3072, trust_remote_code=True, num_crops=16
+        family="vlm2vec", backbone="phi3_v", base_model=PHI35V, processor=PHI35V, dim=3072, trust_remote_code=True, num_crops=16
     ),
     "TIGER-Lab/VLM2Vec-LLaVa-Next": Preset(
-        backbone="llava_next", processor="llava-hf/llava-v1.6-mistral-7b-hf", dim=4096
+        family="vlm2vec", backbone="llava_next", processor="llava-hf/llava-v1.6-mistral-7b-hf", dim=4096
     ),
     # V1 Qwen2-VL checkpoints were evaluated with every image resized to 1344x1344.
     "TIGER-Lab/VLM2Vec-Qwen2VL-2B": Preset(
-        backbone="qwen2_vl", base_model=QWEN2VL_2B, processor=QWEN2VL_2B, dim=1536, image_size=(1344, 1344)
+        family="vlm2vec", backbone="qwen2_vl", base_model=QWEN2VL_2B, processor=QWEN2VL_2B, dim=1536, image_size=(1344, 1344)
     ),
     "TIGER-Lab/VLM2Vec-Qwen2VL-7B": Preset(
-        backbone="qwen2_vl", base_model=QWEN2VL_7B, processor=QWEN2VL_7B, dim=3584, image_size=(1344, 1344)
+        family="vlm2vec", backbone="qwen2_vl", base_model=QWEN2VL_7B, processor=QWEN2VL_7B, dim=3584, image_size=(1344, 1344)
     ),
-    # V2.0 relies on the processor's own dynamic resizing.
-    "VLM2Vec/VLM2Vec-V2.0": Preset(backbone="qwen2_vl", base_model=QWEN2VL_2B, processor=QWEN2VL_2B, dim=1536),
+    # V2.0 relies on the processor's own dynamic resizing, bounded as in its training config.
+    "VLM2Vec/VLM2Vec-V2.0": Preset(family="vlm2vec", backbone="qwen2_vl", base_model=QWEN2VL_2B,
+                                   processor=QWEN2VL_2B, dim=1536, min_pixels=3136, max_pixels=28 * 28 * 1280),
+    "Alibaba-NLP/gme-Qwen2-VL-2B-Instruct": Preset(family="gme", backbone="qwen2_vl", dim=1536,
+                                                   min_pixels=GME_MIN_PIXELS, max_pixels=GME_MAX_PIXELS),
+    "Alibaba-NLP/gme-Qwen2-VL-7B-Instruct": Preset(family="gme", backbone="qwen2_vl", dim=3584,
+                                                   min_pixels=GME_MIN_PIXELS, max_pixels=GME_MAX_PIXELS),
+    "Qwen/Qwen3-VL-Embedding-2B": Preset(family="qwen3_vl_embedding", backbone="qwen3_vl", dim=2048),
+    "Qwen/Qwen3-VL-Embedding-8B": Preset(family="qwen3_vl_embedding", backbone="qwen3_vl", dim=4096),
+    "jinaai/jina-embeddings-v4": Preset(family="jina_v4", backbone="qwen2_5_vl", dim=2048),
 }
 
 

@@ -32,14 +32,16 @@ def _image_only(processor_cls):
     return ImageOnlyProcessor
 
 
+QWEN_PROCESSORS = {"qwen2_vl": "Qwen2VLProcessor", "qwen2_5_vl": "Qwen2_5_VLProcessor",
+                   "qwen3_vl": "Qwen3VLProcessor"}
+
+
 def _image_kwargs(backbone: str, preset: Preset) -> dict:
-    if backbone in ("qwen2_vl", "qwen2_5_vl") and (preset.min_pixels or preset.max_pixels):
-        size = {}
-        if preset.min_pixels:
-            size["shortest_edge"] = int(preset.min_pixels)
-        if preset.max_pixels:
-            size["longest_edge"] = int(preset.max_pixels)
-        return {"size": size}
+    """Pixel bounds for Qwen's image processor. They go in as min_pixels/max_pixels: a saved
+    preprocessor_config.json's min/max_pixels would override a `size` passed instead."""
+    if backbone in QWEN_PROCESSORS and (preset.min_pixels or preset.max_pixels):
+        bounds = {"min_pixels": preset.min_pixels, "max_pixels": preset.max_pixels}
+        return {k: int(v) for k, v in bounds.items() if v}
     return {}
 
 
@@ -48,7 +50,7 @@ def _qwen_processor(path: Path, backbone: str, preset: Preset):
 
     from .qwen_pixels import faster
 
-    name = "Qwen2VLProcessor" if backbone == "qwen2_vl" else "Qwen2_5_VLProcessor"
+    name = QWEN_PROCESSORS[backbone]
     image_kwargs = _image_kwargs(backbone, preset)
     if torchvision_available():
         proc = transformers.AutoProcessor.from_pretrained(str(path), **image_kwargs)
@@ -63,7 +65,7 @@ def load_vlm_processor(path: Path, backbone: str, preset: Preset):
     import transformers
 
     try:
-        if backbone in ("qwen2_vl", "qwen2_5_vl"):
+        if backbone in QWEN_PROCESSORS:
             return _qwen_processor(path, backbone, preset)
         if backbone == "phi3_v":
             return transformers.AutoProcessor.from_pretrained(

@@ -26,6 +26,9 @@ import numpy as np
 
 from ..encoders.base import Request
 from ..encoders.formatting import IMAGE_TOKENS
+
+# families whose input string is VLM2Vec's (dual encoders strip the image token)
+VERBATIM_FAMILIES = ("vlm2vec", "mmsearch", "clip", "siglip")
 from ..errors import ImageError, InputError
 from ..images import load_image
 
@@ -129,6 +132,10 @@ class _Inputs:
 def evaluate_dataset(encoder, name: str, table: Path, image_root: Path, batch_size=None,
                      show_progress=False) -> DatasetResult:
     start = time.perf_counter()
+    if getattr(encoder, "family", None) not in VERBATIM_FAMILIES:
+        raise InputError(f"eval mmeb feeds MMEB's own input strings, which are VLM2Vec's; the {encoder.family} "
+                         f"family builds its own prompts: evaluate it with `mmsearch eval mbeir` "
+                         f"(families that take MMEB strings: {', '.join(VERBATIM_FAMILIES)})")
     token = IMAGE_TOKENS.get(encoder.backbone, PHI_TOKEN)
     queries, cands = _Inputs(image_root, encoder.max_pixels), _Inputs(image_root, encoder.max_pixels)
     plan, reasons = [], {}

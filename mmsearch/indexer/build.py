@@ -130,9 +130,9 @@ def add_to_index(index_dir, sources, *, encoder=None, on_duplicate: str = "rejec
         return _run(_paths(sources), out, settings, encoder, bank_queries)
 
 
-def _instructions(settings: BuildSettings, manifest) -> dict:
+def _instructions(settings: BuildSettings, manifest, encoder) -> dict:
     chosen = settings.task is not None or settings.instruction is not None
-    wanted = settings.instructions()
+    wanted = settings.instructions(encoder)
     if manifest is None:
         return wanted
     built = dict(manifest.instructions)
@@ -147,11 +147,15 @@ def _load_encoder(settings: BuildSettings, manifest, cluster):
 
     name = settings.model or (manifest.model.id if manifest is not None else None)  # None: the built-in model
     where = {"device": settings.device, "dtype": settings.dtype}
+    recipe = manifest.model.encoder_options() if manifest is not None else {}  # a resumed run keeps its family
+    for key in ("family", "dim"):
+        if getattr(settings, key) is not None:
+            recipe[key] = getattr(settings, key)
     if cluster is not None:
         from .ray_engine import driver_encoder_options
 
         where = driver_encoder_options(settings, cluster)
-    return load_encoder(name, max_image_pixels=settings.max_image_pixels, **where)
+    return load_encoder(name, max_image_pixels=settings.max_image_pixels, **where, **recipe)
 
 
 def _session(settings: BuildSettings):
@@ -183,7 +187,7 @@ def _run(paths: List[str], out: Path, settings: BuildSettings, encoder, bank_que
         info = model_info_of(encoder)
         if manifest is not None:
             check_model(manifest.model, info)
-        instructions = _instructions(settings, manifest)
+        instructions = _instructions(settings, manifest, encoder)
         plan = _plan(settings, manifest, paths, encoder.dim)
         extra = {"sources": paths} if manifest is None else dict(manifest.extra)
         writer = ShardWriter(out, store, info, instructions, plan, shard_size=settings.shard_size,

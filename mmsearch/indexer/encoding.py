@@ -38,7 +38,12 @@ class Encoded:
 
 
 def model_key(encoder: Encoder) -> str:
-    return f"{encoder.backbone}:{encoder.fingerprint}"
+    """Weights, and the recipe and size that turn them into vectors (one checkpoint
+    embeds differently under another family, or truncated)."""
+    family = getattr(encoder, "family", None)
+    if family is None:
+        return f"{encoder.backbone}:{encoder.fingerprint}"
+    return f"{encoder.backbone}:{encoder.fingerprint}:{family}/{encoder.recipe.rule}:{encoder.dim}"
 
 
 def cache_keys(key: str, chunk: Sequence[Prepared]) -> List[bytes]:

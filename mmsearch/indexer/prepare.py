@@ -113,7 +113,8 @@ def _prepare(item: Item, where: str, instructions, max_pixels, thumbnails) -> Un
     instruction = instructions.get(key, instructions.get("default", ""))
     thumb = make_thumbnail(image, THUMBNAIL_SIDE) if (thumbnails and image is not None) else None
     return Prepared(
-        item=item, where=where, request=Request(text=text, image=image, instruction=instruction or None),
+        item=item, where=where, request=Request(text=text, image=image, instruction=instruction or None,
+                                                  side="candidate"),
         modality=modality, instruction_key=key,
         content_hash=content_hash(text, item.image),
         image_ref=_image_ref(item, where), thumbnail=thumb, metadata=clean_metadata(item, modality),

@@ -65,7 +65,7 @@ def store_query_bank(out: Path, manifest, bank_queries, *, task: Optional[str], 
                      encoder, batch_size: Optional[int] = None, show_progress: bool = False) -> dict:
     """Encode (unless already vectors) and write the bank; the caller holds the index lock.
     Returns the bank's description and its path."""
-    chosen = bank_instruction(task, instruction)
+    chosen = bank_instruction(task, instruction, encoder)
     dim = manifest.model.dim
     if isinstance(bank_queries, np.ndarray):
         bank = _unit_rows(_checked_bank(bank_queries, dim))
@@ -79,10 +79,13 @@ def store_query_bank(out: Path, manifest, bank_queries, *, task: Optional[str], 
     return {"path": str(out / QUERY_BANK_FILE), **info}
 
 
-def bank_instruction(task: Optional[str], instruction: Optional[str]) -> str:
-    """The query-side instruction a search with this task/instruction uses ("" for none)."""
+def bank_instruction(task: Optional[str], instruction: Optional[str], encoder=None) -> str:
+    """The query-side instruction a search with this task/instruction uses ("" for none);
+    with the encoder, a task resolves through the model's own prompts first, as searches do."""
     if task is not None and instruction is not None:
         raise InputError("give either task or instruction for the query bank, not both")
+    if task is not None and instruction is None and hasattr(encoder, "task_instruction"):
+        return encoder.task_instruction(task, "query")
     return resolve_instruction(task=task, instruction=instruction, side="query")
 
 

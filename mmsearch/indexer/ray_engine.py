@@ -155,6 +155,7 @@ class RayEngine:
                    max_image_pixels=self.s.max_image_pixels, thumbnails=self.s.thumbnails,
                    existing=self.s.existing, model=self.encoder.name, device=self.actors.device,
                    dtype=self.actors.dtype, weight_hash=self.encoder.fingerprint, batch_size=self.s.batch_size,
+                   family=getattr(self.encoder, "family", None), dim=self.encoder.dim,
                    known=self._known_ids(), cache=cache)
 
     def _known_ids(self) -> KnownIds:

@@ -21,6 +21,8 @@ ENGINES = ("local", "ray")
 @dataclass(frozen=True)
 class BuildSettings:
     model: Optional[str] = None
+    family: Optional[str] = None         # the model's embedding recipe; None: its own or its backbone's default
+    dim: Optional[int] = None            # a Matryoshka size to truncate to (families that list them)
     device: str = "auto"
     dtype: str = "auto"
     task: Optional[str] = None
@@ -75,15 +77,20 @@ class BuildSettings:
         if not self.ray_actor_cpus > 0:
             raise InputError(f"ray_actor_cpus must be > 0, got {self.ray_actor_cpus!r}")
 
-    def instructions(self) -> dict:
-        """The candidate instruction per modality, as recorded in the manifest."""
+    def instructions(self, encoder=None) -> dict:
+        """The candidate instruction per modality, as recorded in the manifest: the call's,
+        else its task's (through the encoder's own task prompts), else the family's
+        document instruction, else VLM2Vec's conventions."""
         if self.instruction is not None:
             return {"default": self.instruction}
         if self.task is not None:
+            if hasattr(encoder, "task_instruction"):
+                return {"default": encoder.task_instruction(self.task, "candidate")}
             from ..tasks import resolve_instruction
 
             return {"default": resolve_instruction(task=self.task, side="candidate")}
-        return dict(DEFAULT_INSTRUCTIONS)
+        own = encoder.candidate_instructions() if hasattr(encoder, "candidate_instructions") else None
+        return dict(own) if own is not None else dict(DEFAULT_INSTRUCTIONS)
 
     def error_limit(self, items_read: int) -> Optional[float]:
         if self.max_errors is None:

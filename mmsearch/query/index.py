@@ -18,13 +18,14 @@ import json
 import os
 import threading
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from mmsearch.encoders import load_encoder
+from mmsearch.encoders import BUILTIN_MODELS, load_encoder
 from mmsearch.errors import ImageError, IndexFormatError, InputError, ModelLoadError
 from mmsearch.images import load_image
 from mmsearch.index_format import (QUERY_BANK_FILE, QUERY_BANK_INFO_FILE, ModelInfo, PathLike, check_model,
@@ -42,6 +43,14 @@ from .view import IndexView
 _CPUS = os.cpu_count() or 1
 
 
+def _warn_legacy_rule(path: Path, model: ModelInfo) -> None:
+    """An index from before embedding families, of a checkpoint whose family is not
+    mmsearch's own, was embedded under a rule its authors do not use: say so."""
+    note = model.legacy_rule_note()
+    if note and model.id not in BUILTIN_MODELS:
+        warnings.warn(f"index {path}: {note}", stacklevel=3)
+
+
 class Index:
     """An opened index. Build one with `open_index`."""
 
@@ -50,6 +59,7 @@ class Index:
         self.path = Path(path)
         self.policy, self._device = policy, device
         self._view = IndexView(self.path)
+        _warn_legacy_rule(self.path, self._view.manifest.model)
         self._lock = threading.Lock()           # the view, the pool, named rerankers
         self._encoder_lock = threading.Lock()   # held while a model loads
         self._encoder = None if encoder is None else self._checked_encoder(encoder)
@@ -124,15 +134,15 @@ class Index:
     def _load_manifest_model(self):
         model = self.manifest.model
         try:
-            return load_encoder(model.id, device=self._device, revision=model.revision)
+            return load_encoder(model.id, device=self._device, revision=model.revision, **model.encoder_options())
         except ModelLoadError as e:
             raise ModelLoadError(f"index {self.path} was built with model {model.id!r}, which cannot be "
                                  f"loaded here ({e}); pass open_index(path, encoder=...) with the same "
                                  f"weights") from None
 
     def _checked_encoder(self, encoder):
-        if isinstance(encoder, (str, os.PathLike)):
-            encoder = load_encoder(encoder, device=self._device)
+        if isinstance(encoder, (str, os.PathLike)):  # the same weights elsewhere: embed as the index did
+            encoder = load_encoder(encoder, device=self._device, **self.manifest.model.encoder_options())
         for name in ("name", "backbone", "dim", "encode"):
             if not hasattr(encoder, name):
                 raise InputError(f"encoder={encoder!r} is not an mmsearch encoder (no .{name}); "
@@ -166,8 +176,9 @@ class Index:
         filt, knobs, chain = self._parse(view, filter), self._knobs(view, params), self._chain(rerank)
         if not queries:
             return []
-        queries = with_instruction(queries, task, instruction)
-        xq = self.encoder.encode(queries, show_progress=False)
+        encoder = self.encoder
+        queries = with_instruction(queries, task, instruction, getattr(encoder, "task_instruction", None))
+        xq = encoder.encode(queries, show_progress=False)  # Query objects: the query side
         D, I = self._search(view, xq, max([k] + [stage.candidates(k) for stage in chain]), filt, knobs)
         ctx = RerankContext(self, view, xq, queries, k)
         history = [("ann", D, I)]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -47,17 +47,22 @@ def as_query(x: Any, position: int = 0) -> Query:
     raise InputError(f"query #{position}: cannot search with {type(x).__name__}; expected {ACCEPTED}")
 
 
-def with_instruction(queries: Sequence[Query], task: Optional[str],
-                     instruction: Optional[str]) -> List[Query]:
-    """Each query with its instruction settled (its `instruction` field set, `task` cleared)."""
+def with_instruction(queries: Sequence[Query], task: Optional[str], instruction: Optional[str],
+                     task_instruction: Optional[Callable[[str, str], str]] = None) -> List[Query]:
+    """Each query with its instruction settled (its `instruction` field set, `task` cleared).
+    `task_instruction(task, side)` resolves task names: the encoder's (the model's own
+    prompts first), else the task library's."""
     if instruction is not None:
         resolve_instruction(instruction=instruction)  # type check, with a helpful error
         return [dataclasses.replace(q, instruction=instruction, task=None) for q in queries]
-    default = resolve_instruction(task=task, side="query") if task is not None else ""
+    if task_instruction is None:
+        def task_instruction(name: str, side: str) -> str:
+            return resolve_instruction(task=name, side=side)
+    default = task_instruction(task, "query") if task is not None else ""
     out = []
     for q in queries:
         if q.instruction is None:
-            own = resolve_instruction(task=q.task, side="query") if q.task is not None else default
+            own = task_instruction(q.task, "query") if q.task is not None else default
             q = dataclasses.replace(q, instruction=own, task=None)
         out.append(q)
     return out

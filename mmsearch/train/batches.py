@@ -105,6 +105,13 @@ class Batch:
 MinedFn = Callable[[int, np.random.Generator], List[Side]]
 
 
+def side_request(side: Side, image) -> Request:
+    """An MMEB-train string holds instruction and text in one ("Represent the given image.",
+    "Find it. A red bus"); given as the instruction it formats as at inference, where the
+    instruction comes first (VLM2Vec: one space after the image token)."""
+    return Request(text=None, image=image, instruction=side.text or None)
+
+
 class BatchBuilder:
     def __init__(self, examples: Sequence[Example], images: ImageCache, data_negatives: bool,
                  mined: Optional[MinedFn] = None):
@@ -113,8 +120,7 @@ class BatchBuilder:
         self.bad: set = set()
 
     def request(self, side: Side) -> Request:
-        image = self.images.get(side.image) if side.image is not None else None
-        return Request(text=side.text, image=image, instruction=None)
+        return side_request(side, self.images.get(side.image) if side.image is not None else None)
 
     def _negatives(self, i: int, rng: np.random.Generator) -> List[Side]:
         ex = self.examples[i]

@@ -67,6 +67,7 @@ def load_checkpoint(path: Path) -> dict:
 
 def export_model(model, out: Path, save_adapter: bool, base: Optional[str], card: dict) -> Path:
     """Write the trained model into `out` (see the module docstring)."""
+    from ..encoders.loading import write_model_card
     from .init import copy_processor_files
 
     out.mkdir(parents=True, exist_ok=True)
@@ -79,6 +80,7 @@ def export_model(model, out: Path, save_adapter: bool, base: Optional[str], card
         model.encoder.model, model.peft_model = net, None
         net.save_pretrained(str(out))
     copy_processor_files(model.encoder.processor_dir, out)
+    write_model_card(out, model.encoder.family, model.encoder.model_tasks)  # how the model embeds
     (out / CARD_FILE).write_text(json.dumps(card, indent=2, default=str) + "\n", encoding="utf-8")
     return out
 

@@ -12,8 +12,12 @@ import shutil
 from pathlib import Path
 from typing import Iterable
 
+from ..encoders.loading import write_model_card
 from ..errors import InputError
 from .settings import ScratchSettings
+
+# Scratch models train (and then embed) with transformers' M-RoPE positions, as mmsearch-tiny did.
+SCRATCH_FAMILY = "mmsearch"
 
 PROCESSOR_FILE_PATTERNS = ("tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab.*", "merges.txt",
                            "chat_template*", "*preprocessor_config.json", "processor_config.json")
@@ -43,6 +47,7 @@ def init_from_config(encoder, out: Path, seed: int) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     _save_random(type(encoder.model), encoder.model.config, out, seed)
     copy_processor_files(encoder.processor_dir, out)
+    write_model_card(out, encoder.family)
     return out
 
 
@@ -75,4 +80,5 @@ def build_scratch(spec: ScratchSettings, texts: Iterable[str], out: Path, seed: 
     config = AutoConfig.from_pretrained(str(out))
     config.text_config.vocab_size = len(tokenizer)
     _save_random(Qwen2VLForConditionalGeneration, config, out, seed)
+    write_model_card(out, SCRATCH_FAMILY)
     return out

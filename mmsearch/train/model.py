@@ -1,4 +1,4 @@
-"""The model being trained: an mmsearch `VLM2VecEncoder` whose weights learn.
+"""The model being trained: an mmsearch `VLMEncoder` whose weights learn.
 
 Training embeds through the encoder object itself (`model_inputs` + `embed`),
 so formatting, processing, pooling and normalisation are the inference code.
@@ -26,7 +26,7 @@ INIT_DIR = "init"
 
 @dataclass
 class TrainableModel:
-    encoder: Any                 # VLM2VecEncoder; .model is the (adapted) HF model
+    encoder: Any                 # VLMEncoder; .model is the (adapted) HF model
     peft_model: Any = None       # the PeftModel wrapper when training LoRA
     base: Optional[str] = None   # the checkpoint training started from
 
@@ -58,16 +58,16 @@ def starting_checkpoint(settings: TrainSettings, out: Path, texts: Callable, res
         if settings.scratch is not None:
             build_scratch(settings.scratch, texts(), init, settings.seed)
         else:
-            init_from_config(_load(settings.model, "cpu"), init, settings.seed)
+            init_from_config(_load(settings.model, "cpu", settings.family), init, settings.seed)
     return str(init)
 
 
-def _load(model: str, device: str):
+def _load(model: str, device: str, family: Optional[str] = None):
     from ..encoders import load_encoder
-    from ..encoders.vlm2vec import VLM2VecEncoder
+    from ..encoders.vlm import VLMEncoder
 
-    enc = load_encoder(model, device=device, dtype="fp32")
-    if not isinstance(enc, VLM2VecEncoder):
+    enc = load_encoder(model, device=device, dtype="fp32", family=family)
+    if not isinstance(enc, VLMEncoder):
         raise InputError(f"model {model!r} is a {enc.backbone} dual encoder; the trainer trains VLM2Vec backbones "
                          f"(qwen2_vl, qwen2_5_vl, llava_next, phi3_v)")
     return enc
@@ -83,7 +83,8 @@ def _lora_config(lora: LoraSettings):
 
 def build_model(settings: TrainSettings, checkpoint: str) -> TrainableModel:
     """Load `checkpoint` as an encoder and make its weights trainable (LoRA or all)."""
-    enc = _load(checkpoint, settings.device)
+    # a started run's checkpoints carry their family (mmsearch.json); the first load takes the setting's
+    enc = _load(checkpoint, settings.device, settings.family if checkpoint == settings.model else None)
     peft_model = None
     if settings.lora is not None:
         from peft import get_peft_model

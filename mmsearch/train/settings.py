@@ -115,6 +115,7 @@ class TrainSettings:
     data: Tuple[str, ...]                 # MMEB-train tables (JSONL or Parquet)
     out: str
     model: Optional[str] = None           # HF id or checkpoint dir; None with `scratch`
+    family: Optional[str] = None          # the model's embedding recipe (default: its own, else its backbone's)
     image_root: Optional[str] = None      # image paths are relative to this (default: each table's folder)
     init: str = "pretrained"              # "config": the model's architecture, random weights
     scratch: Optional[ScratchSettings] = None
