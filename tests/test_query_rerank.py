@@ -178,7 +178,7 @@ def test_vlm_scores_pairs_like_the_full_model(vlm_index, query, tmp_path):
     expected = []
     for h in pool:
         image = load_image(h.image) if h.image else None
-        prompt = judge.prompt(enc.backbone, query, Candidate(h.text, image))
+        prompt = judge.prompt(enc.backbone, query, Candidate(h.text, image), format=judge.format_for(enc))
         expected.append(p_yes(enc, prompt, qimg + ([image] if image else [])))
     order = np.argsort(-np.array(expected), kind="stable")[:3]
     assert [h.id for h in hits] == [pool[i].id for i in order]
@@ -191,3 +191,209 @@ def test_vlm_needs_a_vision_language_judge(tmp_path, tiny_encoder):
         VLMReranker(tiny_encoder("clip"))
     with pytest.raises(InputError, match="batch_size"):
         VLMReranker(batch_size=0)
+    with pytest.raises(InputError, match=r"format='qwen3'.*\['auto', 'yesno', 'qwen3_reranker'\]"):
+        VLMReranker(format="qwen3")
+    with pytest.raises(InputError, match="qwen3_reranker.*Qwen-family judge.*llava_next"):
+        VLMReranker(tiny_encoder("llava_next"), format="qwen3_reranker")
+    judge = VLMReranker(tiny_encoder("qwen2_vl"), format="qwen3_reranker")
+    with pytest.raises(InputError, match=r"tokens \['yes', 'no'\].*has no \['yes', 'no'\]"):
+        judge.score_pairs([Query(text="a red bus")], [Candidate("a bus")])  # the tiny vocabulary has neither
+    with pytest.raises(InputError, match="'auto' depends on the judge"):
+        VLMReranker().prompt("qwen2_vl", Query(text="a"), Candidate("b"))
+
+
+# --- vlm, Qwen3-VL-Reranker format ----------------------------------------------------------
+# The oracle follows the authors' reranker (QwenLM/Qwen3-VL-Embedding, src/models/
+# qwen3_vl_reranker.py, Qwen3VLReranker: format_mm_instruction, format_mm_content, tokenize,
+# get_binary_linear, compute_scores), one unpadded pair at a time through the full
+# transformers model; it shares no code with mmsearch.query.vlm.
+
+QWEN3_SYSTEM = ('Judge whether the Document meets the requirements based on the Query and the Instruct provided. '
+                'Note that the answer can only be "yes" or "no".')
+QWEN3_DEFAULT = "Given a search query, retrieve relevant candidates that answer the query."
+SLOT = "<|vision_start|><|image_pad|><|vision_end|>"
+WRONG_RULES = ("no newline before <Document>", "newline after the instruction", "text before image",
+               "<think> block after the generation prompt", "capitalised Yes/No", "the processor's image sizing")
+
+
+def _needs_qwen3_vl(kind):
+    from mmsearch import testing
+    from mmsearch.encoders import SUPPORTED
+
+    if kind == "qwen3_vl" and "qwen3_vl" not in testing.KINDS:
+        pytest.skip("mmsearch.testing.build_tiny_model cannot build 'qwen3_vl' yet (a helper is adding it)")
+    if kind == "qwen3_vl" and "qwen3_vl" not in SUPPORTED:
+        pytest.skip("load_encoder does not load 'qwen3_vl' yet (the encoders rewrite adds it)")
+
+
+@pytest.fixture(scope="module")
+def reranker_judge(tmp_path_factory, tiny_dir):
+    """A factory: kind -> (checkpoint dir, judge encoder, full transformers model), built once.
+
+    A copy of the tiny checkpoint whose tokenizer has the vocabulary entries "yes" and "no"
+    (with their own embedding and LM head rows) and whose attention is sharpened (query/key
+    scaled x6; Qwen3's q/k norms instead), so a wrong prompt moves the score measurably.
+    The Qwen3-VL copy is named like a reranker checkpoint, for format="auto"."""
+    import shutil
+
+    import transformers
+    import mmsearch
+    from mmsearch.testing import model_class
+
+    cache = {}
+
+    def get(kind):
+        if kind in cache:
+            return cache[kind]
+        src = tiny_dir(kind)
+        name = "Qwen3-VL-Reranker-tiny" if kind == "qwen3_vl" else f"{kind}-yes-no-judge"
+        out = tmp_path_factory.mktemp("judge") / name
+        shutil.copytree(src, out)
+        tok = transformers.AutoTokenizer.from_pretrained(str(src))
+        assert tok.add_tokens(["yes", "no"]) == 2
+        tok.save_pretrained(str(out))
+        model = model_class(kind).from_pretrained(str(src)).eval()
+        old = model.get_input_embeddings().weight.shape[0]
+        model.resize_token_embeddings(len(tok))
+        gen = torch.Generator().manual_seed(7)
+        with torch.no_grad():
+            for layer in (model.get_input_embeddings(), model.get_output_embeddings()):
+                new = layer.weight[old:]
+                new.copy_(torch.randn(new.shape, generator=gen) * layer.weight[:old].std())
+            for module in model.modules():
+                if hasattr(module, "q_norm") and hasattr(module, "k_norm"):
+                    module.q_norm.weight.mul_(6.0), module.k_norm.weight.mul_(6.0)
+                elif hasattr(module, "q_proj") and hasattr(module, "k_proj"):  # the text model's attention
+                    for proj in (module.q_proj, module.k_proj):
+                        proj.weight.mul_(6.0)
+                        if proj.bias is not None:
+                            proj.bias.mul_(6.0)
+        model.save_pretrained(str(out))
+        full = model_class(kind).from_pretrained(str(out)).eval()
+        cache[kind] = (out, mmsearch.load_encoder(out, device="cpu"), full)
+        return cache[kind]
+
+    return get
+
+
+def authors_size(image, factor):
+    """qwen_vl_utils fetch_image with the reranker's min/max pixels (4 and 1800 merged tokens)."""
+    import math
+
+    w, h = image.size
+    lo, hi = 4 * factor * factor, 1800 * factor * factor
+    hb, wb = max(factor, round(h / factor) * factor), max(factor, round(w / factor) * factor)
+    if hb * wb > hi:
+        beta = math.sqrt(h * w / hi)
+        hb, wb = math.floor(h / beta / factor) * factor, math.floor(w / beta / factor) * factor
+    elif hb * wb < lo:
+        beta = math.sqrt(lo / (h * w))
+        hb, wb = math.ceil(h * beta / factor) * factor, math.ceil(w * beta / factor) * factor
+    return image.convert("RGB").resize((wb, hb))
+
+
+def oracle_score(judge, full, query, doc_text, doc_image, rule="authors"):
+    """sigmoid(logit_yes - logit_no) of the full model on one hand-built, unpadded prompt."""
+    def part(prefix, text, image):
+        if text is None and image is None:
+            return prefix + "NULL"
+        slot, words = (SLOT if image is not None else ""), (text or "")
+        return prefix + (words + slot if rule == "text before image" else slot + words)
+
+    instruction = query.instruction or QWEN3_DEFAULT
+    sep = "\n" if rule == "newline after the instruction" else ""
+    doc_prefix = "<Document>:" if rule == "no newline before <Document>" else "\n<Document>:"
+    prompt = ("<|im_start|>system\n" + QWEN3_SYSTEM + "<|im_end|>\n<|im_start|>user\n<Instruct>: " + instruction
+              + sep + part("<Query>:", query.text, query.image) + part(doc_prefix, doc_text, doc_image)
+              + "<|im_end|>\n<|im_start|>assistant\n")
+    if rule == "<think> block after the generation prompt":
+        prompt += "<think>\n\n</think>\n\n"
+    proc = judge.processor.image_processor
+    factor = proc.patch_size * proc.merge_size
+    own = rule == "the processor's image sizing"  # the tiny processors' max (112 or 128 px squared) shrinks 200x150
+    images = [im if own else authors_size(im, factor) for im in (query.image, doc_image) if im is not None]
+    inputs = judge.processor(text=[prompt], images=images or None, return_tensors="pt",
+                             **({"do_resize": False} if images and not own else {}))
+    assert inputs["attention_mask"].all()
+    with torch.inference_mode():
+        logits = full(**inputs).logits[0, -1].double()
+    tok = judge.processor.tokenizer
+    if rule == "capitalised Yes/No":
+        yes, no = tok.encode("Yes", add_special_tokens=False)[0], tok.encode("No", add_special_tokens=False)[0]
+    else:
+        yes, no = tok.get_vocab()["yes"], tok.get_vocab()["no"]
+    return torch.sigmoid(logits[yes] - logits[no]).item()
+
+
+def qwen3_queries(tmp_path):
+    Image.new("RGB", (50, 50), (10, 10, 250)).save(tmp_path / "ref.png")
+    return [Query(text="a red bus"),
+            Query(text="make it red", image=load_image(tmp_path / "ref.png"), instruction="Find the edited image.")]
+
+
+@pytest.mark.parametrize("kind", ["qwen2_vl", "qwen3_vl"])
+def test_vlm_qwen3_reranker_matches_the_authors_rules(reranker_judge, kind, tmp_path):
+    _needs_qwen3_vl(kind)
+    _, judge, full = reranker_judge(kind)
+    fmt = "auto" if kind == "qwen3_vl" else "qwen3_reranker"  # the Qwen3-VL copy is named "...Reranker..."
+    reranker = VLMReranker(judge, format=fmt, batch_size=4)
+    assert reranker.format_for(judge) == "qwen3_reranker"
+    sizes = [(64, 48), (90, 61), (41, 130), (200, 150)]
+    colors = [(220, 30, 30), (30, 200, 40), (40, 40, 220), (9, 90, 9)]
+    images = [Image.new("RGB", size, color) for size, color in zip(sizes, colors)]
+    docs = [Candidate(TEXTS[0]), Candidate(TEXTS[1][:12]), Candidate(TEXTS[2], images[0]),
+            Candidate(TEXTS[3], images[1]), Candidate(None, images[2]), Candidate(None, images[3]),
+            Candidate(None, None)]  # text, image+text, image only, nothing ("NULL")
+    queries = qwen3_queries(tmp_path)
+    pairs = [(q, d) for q in queries for d in docs]
+    # batches of 4 mix text-only, image-only and image+text pairs: left padding inside each batch
+    got = reranker.score_pairs([q for q, _ in pairs], [d for _, d in pairs])
+    expected = np.array([oracle_score(judge, full, q, d.text, d.image) for q, d in pairs])
+    assert np.abs(got - expected).max() <= 1e-5, np.abs(got - expected).max()
+    one_by_one = VLMReranker(judge, format="qwen3_reranker", batch_size=1).score_pairs(
+        [q for q, _ in pairs], [d for _, d in pairs])
+    np.testing.assert_allclose(got, one_by_one, atol=1e-5)
+    some = slice(len(docs) + 2, len(docs) + 6)  # the composed query with the image-bearing documents
+    for rule in WRONG_RULES:  # the oracle can fail: each planted wrong rule is far from the reranker
+        wrong = np.array([oracle_score(judge, full, q, d.text, d.image, rule) for q, d in pairs[some]])
+        assert np.abs(got[some] - wrong).max() > 1e-3, (rule, np.abs(got[some] - wrong).max())
+
+
+def test_vlm_qwen3_reranker_reorders_search_hits(vlm_index, reranker_judge, tmp_path):
+    path, enc = vlm_index
+    _, judge, full = reranker_judge("qwen2_vl")
+    rerank = [VLMReranker(judge, format="qwen3_reranker", batch_size=3, factor=2)]
+    moved = 0
+    with open_index(path, encoder=enc) as index:
+        for query in qwen3_queries(tmp_path):
+            pool = index.search(query, k=6)
+            hits = index.search(query, k=3, rerank=rerank)
+            yesno = index.search(query, k=3, rerank=[VLMReranker(judge, format="yesno", batch_size=3, factor=2)])
+            expected = np.array([oracle_score(judge, full, query, h.text, load_image(h.image) if h.image else None)
+                                 for h in pool])
+            order = np.argsort(-expected, kind="stable")[:3]
+            assert [h.id for h in hits] == [pool[i].id for i in order]
+            np.testing.assert_allclose([h.score for h in hits], expected[order], atol=1e-5)
+            assert set(hits[0].scores) == {"ann", "vlm"}
+            moved += [h.id for h in hits] != [h.id for h in pool[:3]]
+            moved += [h.id for h in hits] != [h.id for h in yesno]
+    assert moved  # the format changes the ranking (against the ANN order or the yes/no format's)
+
+
+def test_vlm_format_auto_reads_the_checkpoint_name():
+    from types import SimpleNamespace
+
+    def named(backbone, name):
+        return SimpleNamespace(backbone=backbone, name=name, processor=None)
+
+    reranker = VLMReranker()
+    assert reranker.format_for(named("qwen3_vl", "Qwen/Qwen3-VL-Reranker-2B")) == "qwen3_reranker"
+    assert reranker.format_for(named("qwen3_vl", "/models/qwen3-vl-reranker-8b")) == "qwen3_reranker"
+    assert reranker.format_for(named("qwen3_vl", "Qwen/Qwen3-VL-2B-Instruct")) == "yesno"
+    assert reranker.format_for(named("qwen2_vl", "someone/Qwen2-VL-reranker")) == "yesno"
+    assert VLMReranker(format="yesno").format_for(named("qwen3_vl", "Qwen/Qwen3-VL-Reranker-2B")) == "yesno"
+    prompt = VLMReranker(format="qwen3_reranker").prompt(
+        "qwen3_vl", Query(text="a red bus"), Candidate("a bus", Image.new("RGB", (8, 8))))
+    assert prompt == ("<|im_start|>system\n" + QWEN3_SYSTEM + "<|im_end|>\n<|im_start|>user\n<Instruct>: "
+                      + QWEN3_DEFAULT + "<Query>:a red bus\n<Document>:" + SLOT + "a bus<|im_end|>\n"
+                      "<|im_start|>assistant\n")
