@@ -66,6 +66,13 @@ def pipeline_section(ip, enc):
     return text
 
 
+def family_speed_section(fs):
+    rows = [[r["family"], r["backbone"], r["image_tokens"], r["text"], r["image"]] for r in fs["rows"]]
+    return (f"**Model families** (each family's tiny checkpoint, batch {fs['batch_size']}, "
+            "`benchmarks/family_speed.py`; images get the tokens each family's own pixel bounds give them):\n\n"
+            + table(["family", "tiny backbone", "image tokens", "text items/s", "image items/s"], rows))
+
+
 def train_speed_section(ts):
     rows = [[r["what"], r["vision"], r.get("seconds_per_step", r.get("items_per_s"))] for r in ts["rows"]]
     return (f"**Training step and vision tower** ({ts['model']}, {ts['threads']} threads; `benchmarks/train_speed.py`: "
@@ -105,6 +112,8 @@ def main():
         parts.append(overhead_section(load("search_overhead")))
     if load("index_pipeline"):
         parts.append(pipeline_section(load("index_pipeline"), load("encode_speed")))
+    if load("family_speed"):
+        parts.append(family_speed_section(load("family_speed")))
     if load("train_speed"):
         parts.append(train_speed_section(load("train_speed")))
     if load("query_path"):
