@@ -5,7 +5,8 @@ that applies: the call's `family`, a known checkpoint's preset, the directory's
 `mmsearch.json`, the default for the backbone. Adapter-only checkpoints
 (`adapter_config.json`, as VLM2Vec's Qwen2-VL and LoRA repos are) load onto
 their base through peft and are merged, so inference costs what a plain model
-costs.
+costs. jina-embeddings-v4's own layout (custom code, a multi-task `adapters/`
+folder) loads without its code, the chosen task's LoRA merged (`jina`).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import Optional
 
 from ..errors import ModelLoadError
 from ..images import DEFAULT_MAX_PIXELS
+from . import jina
 from .base import Encoder
 from .dual import DUAL_BACKBONES, DualEncoder
 from .formatting import BACKBONES
@@ -63,24 +65,32 @@ def load_encoder(
     `family` names the embedding recipe (`mmsearch.encoders.recipes.FAMILIES`); `dim`
     truncates to a Matryoshka size the family lists. `overrides` replace fields of the
     checkpoint's preset (see `mmsearch.encoders.presets.Preset`): e.g.
-    `image_size=(448, 448)`, `max_pixels=...`, `processor="path/to/processor"`, `base_model=...`.
+    `image_size=(448, 448)`, `max_pixels=...`, `processor="path/to/processor"`, `base_model=...`,
+    `adapter="text-matching"` (jina-embeddings-v4's task: retrieval, the default, text-matching or code).
     """
     model = DEFAULT_MODEL if model is None else model
     ck = describe_checkpoint(model, family, revision, **overrides)
     dev, dt = resolve_device_dtype(device, dtype, gpu_dtype=ck.recipe.gpu_dtype)
-    net = _load_model(ck.weights_dir, ck.backbone, ck.preset, dt)
+    if ck.jina_layout is not None:  # jina-v4's published layout: backbone + the chosen task's LoRA, merged
+        net = jina.load_model(ck.jina_layout, ck.adapter, dt)
+        dim = ck.jina_layout.truncate_dim if dim is None else dim  # the config's default truncation, if any
+    else:
+        net = _load_model(ck.weights_dir, ck.backbone, ck.preset, dt)
     if ck.base is not None:
         net = _merge_adapter(net, ck.path, ADAPTER_KEY_MAPPING.get(ck.backbone))
     net = net.to(dev)
     common = dict(backbone=ck.backbone, recipe=ck.recipe, name=_record_name(model), device=dev, dtype=dt,
-                  fingerprint=weights_fingerprint(ck.path), max_pixels=max_image_pixels)
+                  fingerprint=_fingerprint(ck), max_pixels=max_image_pixels)
     if ck.backbone in DUAL_BACKBONES:
         tok, improc = load_dual_processors(ck.path)
         enc = DualEncoder(net, tok, improc, batch_size=ck.preset.batch_size, **common)
         ck.recipe.check_dim(dim, enc.dim)
         return enc
     proc_dir = _processor_dir(ck.path, ck.weights_dir, ck.preset)
-    processor = load_vlm_processor(proc_dir, ck.backbone, ck.preset)
+    if ck.jina_layout is not None and proc_dir == ck.path:
+        processor = jina.load_processor(proc_dir, ck.preset)
+    else:
+        processor = load_vlm_processor(proc_dir, ck.backbone, ck.preset)
     enc = VLMEncoder(net, processor, preset=ck.preset, processor_dir=proc_dir, tasks=ck.tasks, **common)
     listed = getattr(net.config, "matryoshka_dims", None)  # a checkpoint may name its own sizes
     enc.dim = ck.recipe.check_dim(dim, enc.full_dim, listed) or enc.full_dim
@@ -98,6 +108,8 @@ class Checkpoint:
     recipe: Recipe
     preset: Preset
     card: dict                  # its mmsearch.json: family and task prompts
+    jina_layout: Optional["jina.Layout"] = None  # jina-embeddings-v4's published layout, if it is one
+    adapter: Optional[str] = None     # the task adapter: merged from `jina_layout`, else a prompt rule only
 
     @property
     def tasks(self) -> dict:
@@ -115,12 +127,31 @@ def describe_checkpoint(model=None, family: Optional[str] = None, revision: Opti
     if base is not None and preset.base_model:
         base = preset.base_model  # lets a user point at a local copy of the base
     weights_dir = resolve_model_path(base) if base else path
+    layout = jina.read_layout(path) if base is None else None  # recognised by its files, not its name
     backbone = preset.backbone or model_type(weights_dir)
-    recipe = recipe_for(backbone, family or preset.family or card.get("family"))
+    recipe = recipe_for(backbone, family or preset.family or card.get("family") or (layout and "jina_v4"))
+    adapter = preset.adapter
+    if layout is not None:
+        valid = jina.valid_tasks(layout)
+        adapter = jina.check_task(layout, adapter, valid)  # default retrieval; an unknown one names the valid
+        if recipe.adapters:
+            recipe = recipe.with_adapter(adapter, valid=valid)
+    else:
+        recipe = recipe.with_adapter(adapter)  # a folder with one task merged: its prompt rule
     if recipe.processor_pixels:  # the family's code sets them, whatever the checkpoint says; the call wins
         low, high = recipe.processor_pixels
         preset = preset.override(min_pixels=preset.min_pixels or low, max_pixels=preset.max_pixels or high)
-    return Checkpoint(path, base, weights_dir, backbone, recipe, preset, card)
+    return Checkpoint(path, base, weights_dir, backbone, recipe, preset, card, layout, adapter)
+
+
+def _fingerprint(ck: Checkpoint) -> str:
+    """The checkpoint's weights fingerprint; a task adapter other than the family's default
+    (or any adapter merged from jina's folder) is part of it."""
+    base = weights_fingerprint(ck.path)
+    default = ck.recipe.adapters[0] if ck.recipe.adapters else None
+    if ck.jina_layout is None and ck.adapter in (None, default):
+        return base
+    return jina.fingerprint(base, ck.jina_layout, ck.adapter)
 
 
 def _record_name(model) -> str:

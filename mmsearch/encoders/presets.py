@@ -24,6 +24,7 @@ class Preset:
     max_pixels: Optional[int] = None
     num_crops: Optional[int] = None         # Phi-3.5-V processor
     batch_size: Optional[int] = None
+    adapter: Optional[str] = None           # the task adapter (jina-v4: retrieval, text-matching, code)
 
     def override(self, **kwargs) -> "Preset":
         given = {k: v for k, v in kwargs.items() if v is not None}
@@ -64,7 +65,13 @@ KNOWN_CHECKPOINTS = {
                                                    min_pixels=GME_MIN_PIXELS, max_pixels=GME_MAX_PIXELS),
     "Qwen/Qwen3-VL-Embedding-2B": Preset(family="qwen3_vl_embedding", backbone="qwen3_vl", dim=2048),
     "Qwen/Qwen3-VL-Embedding-8B": Preset(family="qwen3_vl_embedding", backbone="qwen3_vl", dim=4096),
-    "jinaai/jina-embeddings-v4": Preset(family="jina_v4", backbone="qwen2_5_vl", dim=2048),
+    # the published repository: backbone + adapters/ with all three task LoRAs (`mmsearch.encoders.jina`)
+    "jinaai/jina-embeddings-v4": Preset(family="jina_v4", backbone="qwen2_5_vl", dim=2048, adapter="retrieval"),
+    # the same with one task's LoRA merged in (their model cards: plain Qwen2.5-VL weights for vLLM)
+    "jinaai/jina-embeddings-v4-vllm-retrieval": Preset(family="jina_v4", backbone="qwen2_5_vl", dim=2048,
+                                                       adapter="retrieval"),
+    "jinaai/jina-embeddings-v4-vllm-text-matching": Preset(family="jina_v4", backbone="qwen2_5_vl", dim=2048,
+                                                           adapter="text-matching"),
 }
 
 

@@ -36,7 +36,7 @@ QWEN_PROCESSORS = {"qwen2_vl": "Qwen2VLProcessor", "qwen2_5_vl": "Qwen2_5_VLProc
                    "qwen3_vl": "Qwen3VLProcessor"}
 
 
-def _image_kwargs(backbone: str, preset: Preset) -> dict:
+def image_kwargs(backbone: str, preset: Preset) -> dict:
     """Pixel bounds for Qwen's image processor. They go in as min_pixels/max_pixels: a saved
     preprocessor_config.json's min/max_pixels would override a `size` passed instead."""
     if backbone in QWEN_PROCESSORS and (preset.min_pixels or preset.max_pixels):
@@ -51,11 +51,11 @@ def _qwen_processor(path: Path, backbone: str, preset: Preset):
     from .qwen_pixels import faster
 
     name = QWEN_PROCESSORS[backbone]
-    image_kwargs = _image_kwargs(backbone, preset)
+    bounds = image_kwargs(backbone, preset)
     if torchvision_available():
-        proc = transformers.AutoProcessor.from_pretrained(str(path), **image_kwargs)
+        proc = transformers.AutoProcessor.from_pretrained(str(path), **bounds)
     else:
-        image_processor = faster(transformers.AutoImageProcessor.from_pretrained(str(path), **image_kwargs))
+        image_processor = faster(transformers.AutoImageProcessor.from_pretrained(str(path), **bounds))
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(path))
         proc = _image_only(getattr(transformers, name))(image_processor=image_processor, tokenizer=tokenizer)
     return proc

@@ -25,7 +25,10 @@ written in the authors' code:
 - ``jina_v4`` (jinaai/jina-embeddings-v4, single vector): ``Query: `` / ``Passage: ``
   before a text, a fixed string for an image; M-RoPE; masked mean over a text's tokens,
   mean over the ``<|vision_start|>`` .. ``<|vision_end|>`` span for an image; L2;
-  Matryoshka 128..2048. It takes no instruction: its task is its adapter.
+  Matryoshka 128..2048. It takes no instruction: its task is its adapter (``retrieval``,
+  ``text-matching``, ``code``; `load_encoder(..., adapter=)`), and under ``text-matching``
+  both sides take ``Query: `` (modeling_jina_embeddings_v4.py `_validate_encoding_params`: the
+  prefix is ``PREFIX_DICT["query"]`` whenever the model's task is text-matching).
 - ``mmsearch``: VLM2Vec's strings with transformers' M-RoPE positions, the rule that
   mmsearch's trainer trained its own models with (the built-in ``mmsearch-tiny``).
 - ``clip`` / ``siglip``: dual encoders; image+text by UniIR score fusion (`dual`).
@@ -111,6 +114,9 @@ class Recipe:
     matryoshka_min: Optional[int] = None     # ... or any size from this one up
     multi_vector: Optional[str] = None       # a multi-vector head the checkpoint has (not used yet)
     rule: str = "1"                          # bumped when a rule changes; recorded in manifests
+    adapters: Tuple[str, ...] = ()           # task adapters the family's checkpoints carry; the first is the default
+    adapter_prompts: Mapping[str, Mapping[str, Template]] = field(default_factory=dict)  # per adapter, over `prompts`
+    adapter: Optional[str] = None            # the adapter this recipe is specialised to (`with_adapter`)
 
     def template(self, side: str, kind: str) -> Template:
         for key in (f"{side}.{kind}", kind, side, "default"):
@@ -164,6 +170,19 @@ class Recipe:
 
     def with_overrides(self, **changes) -> "Recipe":
         return replace(self, **changes)
+
+    def with_adapter(self, adapter: Optional[str], valid: Optional[Sequence[str]] = None) -> "Recipe":
+        """This recipe under a task adapter: its prompt rules over the default ones. `valid`:
+        the adapters the checkpoint itself lists, in place of the family's. None: unchanged."""
+        if adapter is None:
+            return self
+        names = tuple(valid) if valid else self.adapters
+        if not names:
+            raise ModelLoadError(f"adapter={adapter!r}: the {self.name} family has no task adapters")
+        if adapter not in names:
+            raise ModelLoadError(f"unknown adapter {adapter!r} for the {self.name} family; "
+                                 f"valid: {', '.join(names)}")
+        return replace(self, prompts={**self.prompts, **self.adapter_prompts.get(adapter, {})}, adapter=adapter)
 
 
 # ------------------------------------------------------------------------- families
@@ -236,6 +255,10 @@ JINA_V4 = Recipe(
     kinds=("text", "image"),
     matryoshka=(128, 256, 512, 1024, 2048),
     multi_vector="jina_v4",
+    # ref: JinaEmbeddingsV4Model.task setter ("Must be one of ['retrieval', 'text-matching', 'code']");
+    # _validate_encoding_params: text-matching texts take the query prefix on both sides
+    adapters=("retrieval", "text-matching", "code"),
+    adapter_prompts={"text-matching": {"candidate.text": Template(("Query: {text}",))}},
 )
 
 CLIP = Recipe(
