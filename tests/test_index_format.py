@@ -285,7 +285,7 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
     def disk_full(folder, *args):
         (folder / "index.faiss").write_bytes(b"half")
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(fmt, "_write_files", disk_full)
+    monkeypatch.setattr("mmsearch.index_format.shards._write_files", disk_full)
     with pytest.raises(OSError, match="No space"):
         fmt.write_shard(tmp_path, "00000", index, ids, meta_for(0, 6))
     assert list((tmp_path / "shards").iterdir()) == []

@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from ..errors import ImageError, InputError, MMSearchError
-from ..index_format import atomic_write_json
+from ..index_format import atomic_write_json, errors_path
 from ..types import Query
 from .mbeir_data import Pair, discover_pairs, global_pool, pool_ids, read_qrels, read_queries
 from .metrics import evaluate, write_trec_run
@@ -107,7 +107,7 @@ def _index_pool(pool: Path, out: Path, s: MBeirSettings, encoder) -> "object":
                     show_progress=s.show_progress)
     if r.rows == 0:
         raise InputError(f"candidate pool {pool} is empty (or every candidate was rejected; see "
-                         f"{out / 'errors.jsonl'})")
+                         f"{errors_path(out)})")
     return open_index(out, encoder=encoder)
 
 

@@ -6,29 +6,27 @@ computed before a crash come back from the embedding cache.
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import shutil
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
 
 from ..errors import InputError, MMSearchError
-from ..index_format import (QUERY_BANK_FILE, QUERY_BANK_INFO_FILE, atomic_write_json, check_model, model_info_of,
-                            read_manifest, remove_unlisted)
+from ..index_format import (FORMAT_FILES, atomic_write_json, check_model, errors_path, model_info_of, read_manifest,
+                            remove_unlisted, require_index, stats_path, store_path, wipe_index, writer_lock)
 from ..store import Store
 from . import planner
 from .estimate import estimate_rows
+from .loading import load_build_encoder
 from .pipeline import Pipeline
 from .query_bank import load_bank_queries, store_query_bank
 from .settings import BuildSettings
 from .stats import RunStats
 from .writer import ShardWriter, reconcile
 
-FORMAT_FILES = ("manifest.json", "shards", "store.lmdb", "trained.faiss", "errors.jsonl", "stats.json",
-                QUERY_BANK_FILE, QUERY_BANK_INFO_FILE)
+__all__ = ["FORMAT_FILES", "BuildResult", "TooManyRejections", "add_to_index", "build_index"]
 
 
 class TooManyRejections(MMSearchError):
@@ -37,7 +35,7 @@ class TooManyRejections(MMSearchError):
     def __init__(self, result: "BuildResult", limit: float):
         self.result = result
         super().__init__(f"{result.rejected} of {result.read} items were rejected, more than the limit "
-                         f"({limit:g}); see {Path(result.path) / 'errors.jsonl'}")
+                         f"({limit:g}); see {errors_path(result.path)}")
 
 
 @dataclass(frozen=True)
@@ -74,28 +72,6 @@ def _paths(sources) -> List[str]:
     return paths
 
 
-def _wipe(out: Path) -> None:
-    """--fresh: remove what an index consists of, nothing else the folder may hold."""
-    for name in FORMAT_FILES:
-        p = out / name
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
-            p.unlink()
-
-
-@contextmanager
-def _exclusive(out: Path):
-    """One writer per index: a second build/add on the same folder fails fast."""
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / ".mmsearch.lock", "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise MMSearchError(f"{out} is being written by another mmsearch process") from None
-        yield
-
-
 def build_index(sources, out, model: Optional[str] = None, *, encoder=None, fresh: bool = False,
                 engine: str = "local", ray_address: Optional[str] = None, **options) -> BuildResult:
     """Index `sources` (paths: folders, JSONL/CSV/Parquet, M-BEIR pools, PDFs, .tar) into `out`.
@@ -109,9 +85,9 @@ def build_index(sources, out, model: Optional[str] = None, *, encoder=None, fres
     settings = BuildSettings(model=model, engine=engine, ray_address=ray_address, **options)
     out = _index_dir(out)
     bank_queries = _bank_queries(settings)
-    with _exclusive(out):
+    with writer_lock(out):
         if fresh:
-            _wipe(out)
+            wipe_index(out)
         return _run(_paths(sources), out, settings, encoder, bank_queries)
 
 
@@ -122,11 +98,9 @@ def add_to_index(index_dir, sources, *, encoder=None, on_duplicate: str = "rejec
     if on_duplicate not in ("reject", "update"):
         raise InputError(f"on_duplicate={on_duplicate!r}; valid: reject, update")
     settings = BuildSettings(existing=on_duplicate, engine=engine, ray_address=ray_address, **options)
-    out = _index_dir(index_dir)
-    if not (out / "manifest.json").is_file():
-        raise InputError(f"{out} is not an mmsearch index (no manifest.json); build it with `mmsearch index build`")
+    out = require_index(_index_dir(index_dir))
     bank_queries = _bank_queries(settings)
-    with _exclusive(out):
+    with writer_lock(out):
         return _run(_paths(sources), out, settings, encoder, bank_queries)
 
 
@@ -140,22 +114,6 @@ def _instructions(settings: BuildSettings, manifest, encoder) -> dict:
         raise InputError(f"the index was built with candidate instructions {built}, this run asks for {wanted}; "
                          f"use the same --task/--instruction (or --fresh to rebuild)")
     return built
-
-
-def _load_encoder(settings: BuildSettings, manifest, cluster):
-    from ..encoders import load_encoder
-
-    name = settings.model or (manifest.model.id if manifest is not None else None)  # None: the built-in model
-    where = {"device": settings.device, "dtype": settings.dtype}
-    recipe = manifest.model.encoder_options() if manifest is not None else {}  # a resumed run keeps its family
-    for key in ("family", "dim"):
-        if getattr(settings, key) is not None:
-            recipe[key] = getattr(settings, key)
-    if cluster is not None:
-        from .ray_engine import driver_encoder_options
-
-        where = driver_encoder_options(settings, cluster)
-    return load_encoder(name, max_image_pixels=settings.max_image_pixels, **where, **recipe)
 
 
 def _session(settings: BuildSettings):
@@ -180,10 +138,10 @@ def _plan(settings: BuildSettings, manifest, paths, dim: int) -> planner.Plan:
 def _run(paths: List[str], out: Path, settings: BuildSettings, encoder, bank_queries) -> BuildResult:
     from tqdm.auto import tqdm
 
-    with _session(settings) as cluster, Store(out / "store.lmdb") as store:
+    with _session(settings) as cluster, Store(store_path(out)) as store:
         manifest = reconcile(out, store)
         remove_unlisted(out)
-        encoder = encoder or _load_encoder(settings, manifest, cluster)
+        encoder = encoder or load_build_encoder(settings, manifest, cluster)
         info = model_info_of(encoder)
         if manifest is not None:
             check_model(manifest.model, info)
@@ -197,7 +155,7 @@ def _run(paths: List[str], out: Path, settings: BuildSettings, encoder, bank_que
         stats = RunStats()
         total = estimate_rows(paths, settings.source_kind)
         bar = tqdm(total=total, unit="item", desc="index", disable=not settings.show_progress, dynamic_ncols=True)
-        with open(out / "errors.jsonl", "w", encoding="utf-8") as errors:
+        with open(errors_path(out), "w", encoding="utf-8") as errors:
             runner = _runner(cluster, paths, out, settings, encoder, store, writer, instructions, stats, errors, bar)
             try:
                 runner.run()
@@ -233,7 +191,7 @@ def _write_stats(out: Path, stats: RunStats, settings: BuildSettings, writer: Sh
                  engine: dict) -> None:
     extra = {"batch_size": settings.batch_size, "index": plan.factory, "tuning": writer.tuning,
              "shard_size": settings.shard_size, **engine}
-    atomic_write_json(out / "stats.json", stats.to_dict(engine["workers"], extra, encoders=engine["encoders"]))
+    atomic_write_json(stats_path(out), stats.to_dict(engine["workers"], extra, encoders=engine["encoders"]))
 
 
 def _result(out: Path, stats: RunStats, writer: ShardWriter, settings: BuildSettings) -> BuildResult:
@@ -241,7 +199,7 @@ def _result(out: Path, stats: RunStats, writer: ShardWriter, settings: BuildSett
     result = BuildResult(path=str(out), read=stats.read, indexed=stats.indexed, rejected=stats.rejected,
                          skipped=stats.skipped, updated=stats.updated, rows=m.total_rows if m else 0,
                          shards=len(m.shards) if m else 0, seconds=round(stats.wall, 3),
-                         stats=json.loads((out / "stats.json").read_text()))
+                         stats=json.loads(stats_path(out).read_text()))
     limit = settings.error_limit(stats.read)
     if limit is not None and stats.rejected > limit:
         raise TooManyRejections(result, limit)

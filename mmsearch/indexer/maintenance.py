@@ -9,10 +9,10 @@ from typing import Iterable, List
 import numpy as np
 
 from ..errors import IndexFormatError, InputError
-from ..index_format import (load_shard_vectors, new_shard_index, open_shard_index, open_shard_meta, read_manifest,
-                            remove_unlisted, shard_dir, shard_name, utc_now, write_manifest, write_shard)
+from ..index_format import (VECTORS_FILE, load_shard_vectors, new_shard_index, open_shard_index, open_shard_meta,
+                            read_manifest, remove_unlisted, shard_dir, shard_name, store_path, utc_now, write_manifest,
+                            write_shard, writer_lock)
 from ..store import Store
-from .build import _exclusive
 from .writer import sync_store
 
 
@@ -23,7 +23,7 @@ def delete_ids(index_dir, ids: Iterable[str]) -> int:
         raise InputError("no ids given to delete")
     out = Path(index_dir)
     read_manifest(out)  # a clear error when this is not an index
-    with _exclusive(out), Store(out / "store.lmdb") as store:
+    with writer_lock(out), Store(store_path(out)) as store:
         return store.add_tombstones(ids)
 
 
@@ -34,14 +34,14 @@ def _shard_vectors(out: Path, shard) -> np.ndarray:
     try:
         return index.reconstruct_n(0, index.ntotal)
     except RuntimeError:
-        raise IndexFormatError(f"shard {shard.name} has no vectors.npy and its faiss index cannot reconstruct "
+        raise IndexFormatError(f"shard {shard.name} has no {VECTORS_FILE} and its faiss index cannot reconstruct "
                                f"vectors; rebuild the index to compact it") from None
 
 
 def compact(index_dir) -> dict:
     """Rewrite every shard holding deleted rows without them; returns what changed."""
     out = Path(index_dir)
-    with _exclusive(out), Store(out / "store.lmdb") as store:
+    with writer_lock(out), Store(store_path(out)) as store:
         manifest = read_manifest(out)
         dead = store.tombstoned_rows()
         keep_shards, replaced, removed_rows, dead_ids = [], [], 0, {}
@@ -100,7 +100,7 @@ def describe(index_dir) -> dict:
     """What `mmsearch index info` shows."""
     out = Path(index_dir)
     manifest = read_manifest(out)
-    with Store(out / "store.lmdb", readonly=True) as store:
+    with Store(store_path(out), readonly=True) as store:
         deleted = int(len(store.tombstoned_rows()))
     d = manifest.to_dict()
     return {

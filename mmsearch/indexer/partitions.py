@@ -20,7 +20,7 @@ from typing import Any, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from ..errors import InputError
 from .sources import Record, open_source
-from .sources.factory import KINDS, _kind_of, options_of
+from .sources.factory import KINDS, checked_kind, options_of
 from .sources.folder import IMAGE_EXTENSIONS, walk
 from .sources.lines import line_starts
 
@@ -63,7 +63,7 @@ def plan_partitions(paths: Sequence[str], kind: Optional[str], options: Mapping[
     check_options(options)
     sources = []
     for path in map(os.fspath, paths):
-        chosen = _kind_of(path, kind)
+        chosen = checked_kind(path, kind)
         sources.append((path, chosen, open_source(path, chosen, **_options_for(chosen, options))))
     parts: List[Partition] = []
     for path, chosen, source in sources:

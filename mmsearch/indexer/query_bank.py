@@ -3,7 +3,7 @@
     INDEX/query_bank.npy    float32 (n, dim), rows L2-normalised, `np.save` format
     INDEX/query_bank.json   how it was made: {model, weight_hash, dim, count, task, instruction, created}
 
-The bank is made with the index's own model and the *query* instruction searches
+(both read and written by `mmsearch.index_format.query_bank`; this module encodes). The bank is made with the index's own model and the *query* instruction searches
 will use (`mmsearch.tasks.resolve_instruction`, as the query engine resolves it), so
 that bank queries and real queries are comparable. The hubness reranker reads both
 files; a search whose instruction differs from the recorded one gets a warning.
@@ -14,7 +14,6 @@ PIL image = image, `Query`), or as a precomputed (n, dim) array.
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 from pathlib import Path
@@ -24,10 +23,10 @@ import numpy as np
 from PIL import Image
 
 from ..errors import InputError
-from ..index_format import (QUERY_BANK_FILE, QUERY_BANK_INFO_FILE, atomic_write_bytes, atomic_write_json, check_model,
-                            model_info_of, read_manifest, utc_now)
+from ..index_format import check_model, model_info_of, read_manifest, save_query_bank, utc_now, writer_lock
 from ..tasks import resolve_instruction
 from ..types import Query
+from .loading import load_build_encoder
 from .settings import BuildSettings
 
 # Read by the query engine under the same names (mmsearch.query.index).
@@ -48,15 +47,13 @@ def write_query_bank(index_dir, queries: BankInput, *, task: Optional[str] = Non
 
     Everything is read and encoded before anything is written, so bad input leaves an
     existing bank untouched."""
-    from .build import _exclusive, _load_encoder  # build imports this module
-
     out = Path(index_dir)
     manifest = read_manifest(out)  # a clear error when this is not an index
     bank_instruction(task, instruction)  # fail before loading a model
     bank_queries = load_bank_queries(queries)
-    with _exclusive(out):
+    with writer_lock(out):
         if encoder is None and not isinstance(bank_queries, np.ndarray):
-            encoder = _load_encoder(BuildSettings(device=device), manifest, None)
+            encoder = load_build_encoder(BuildSettings(device=device), manifest, None)
         return store_query_bank(out, manifest, bank_queries, task=task, instruction=instruction, encoder=encoder,
                                 batch_size=batch_size, show_progress=show_progress)
 
@@ -75,8 +72,8 @@ def store_query_bank(out: Path, manifest, bank_queries, *, task: Optional[str], 
                                             show_progress=show_progress), dim)
     info = {"model": manifest.model.id, "weight_hash": manifest.model.weight_hash, "dim": dim,
             "count": len(bank), "task": task, "instruction": chosen, "created": utc_now()}
-    _save(out, bank, info)
-    return {"path": str(out / QUERY_BANK_FILE), **info}
+    path = save_query_bank(out, bank, info)
+    return {"path": str(path), **info}
 
 
 def bank_instruction(task: Optional[str], instruction: Optional[str], encoder=None) -> str:
@@ -173,12 +170,3 @@ def _unit_rows(bank: np.ndarray) -> np.ndarray:
         raise InputError("query bank rows must be finite and non-zero")
     return bank / norms
 
-
-def _save(out: Path, bank: np.ndarray, info: dict) -> None:
-    """Replace the bank. The old description goes first: a crash in between leaves a
-    bank without provenance, never a bank with someone else's."""
-    buffer = io.BytesIO()
-    np.save(buffer, bank, allow_pickle=False)
-    (out / QUERY_BANK_INFO_FILE).unlink(missing_ok=True)
-    atomic_write_bytes(out / QUERY_BANK_FILE, buffer.getvalue())
-    atomic_write_json(out / QUERY_BANK_INFO_FILE, info)

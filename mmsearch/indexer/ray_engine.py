@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from ..errors import InputError, MMSearchError
-from ..index_format import open_shard_meta
+from ..index_format import open_shard_meta, store_path
 from .partitions import plan_partitions
 from .pipeline import CHUNK_BATCHES
 from .ray_commit import Coordinator
@@ -156,6 +156,7 @@ class RayEngine:
                    existing=self.s.existing, model=self.encoder.name, device=self.actors.device,
                    dtype=self.actors.dtype, weight_hash=self.encoder.fingerprint, batch_size=self.s.batch_size,
                    family=getattr(self.encoder, "family", None), dim=self.encoder.dim,
+                   adapter=getattr(getattr(self.encoder, "recipe", None), "adapter", None),
                    known=self._known_ids(), cache=cache)
 
     def _known_ids(self) -> KnownIds:
@@ -175,7 +176,7 @@ class RayEngine:
             return None
         here = NodeAffinitySchedulingStrategy(self.cluster.node_id, soft=False)
         reader = ray.remote(CacheReader).options(num_cpus=0, max_concurrency=4, scheduling_strategy=here)
-        return reader.remote(str(self.out / "store.lmdb"))
+        return reader.remote(str(store_path(self.out)))
 
     def _submitter(self):
         ray = import_ray()

@@ -74,8 +74,9 @@ class Job:
     dtype: str
     weight_hash: Optional[str]
     batch_size: Optional[int]
-    family: Optional[str] = None         # the encoder's recipe, and its Matryoshka size
+    family: Optional[str] = None         # the encoder's recipe, its Matryoshka size and task adapter
     dim: Optional[int] = None
+    adapter: Optional[str] = None
     known: KnownIds = field(default_factory=KnownIds)
     cache: Any = None                    # a CacheReader actor handle, or None
 
@@ -156,7 +157,7 @@ class EncodeActor:
         self.job = _resolve(job)
         self.encoder = load_encoder(self.job.model, device=self.job.device, dtype=self.job.dtype,
                                     max_image_pixels=self.job.max_image_pixels, family=self.job.family,
-                                    dim=self.job.dim)
+                                    dim=self.job.dim, adapter=self.job.adapter)
         if self.job.weight_hash and self.encoder.fingerprint != self.job.weight_hash:
             raise IndexMismatchError(f"the encoder actor loaded {self.job.model!r} with weights "
                                      f"{self.encoder.fingerprint}, the run uses {self.job.weight_hash}: every node "

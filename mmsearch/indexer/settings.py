@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Union
 
 from ..errors import InputError
+from ..images import DEFAULT_MAX_PIXELS
 
 DEFAULT_INSTRUCTIONS = {
     # VLM2Vec's candidate conventions (DESIGN.md §3): raw text, a fixed image
@@ -23,6 +24,7 @@ class BuildSettings:
     model: Optional[str] = None
     family: Optional[str] = None         # the model's embedding recipe; None: its own or its backbone's default
     dim: Optional[int] = None            # a Matryoshka size to truncate to (families that list them)
+    adapter: Optional[str] = None        # the family's task adapter (jina-v4: retrieval, text-matching, code)
     device: str = "auto"
     dtype: str = "auto"
     task: Optional[str] = None
@@ -35,7 +37,7 @@ class BuildSettings:
     store_vectors: bool = True           # shards/NNNNN/vectors.npy (float16) for refine/compact
     thumbnails: bool = True
     max_errors: Union[int, float, None] = None  # a count (>=1) or a fraction (<1) of items read
-    max_image_pixels: Optional[int] = 89_478_485
+    max_image_pixels: Optional[int] = DEFAULT_MAX_PIXELS   # decompression-bomb guard
     existing: str = "skip"               # an id already in the index: skip (resume), update, reject
     source_kind: Optional[str] = None
     source_options: Mapping[str, Any] = field(default_factory=dict)

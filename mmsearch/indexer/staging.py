@@ -21,14 +21,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
-from ..index_format import TMP_MARK
+from ..index_format import RAY_STAGING_DIR, staging_path
 from .prepare import Prepared
 
-STAGING_DIR = f"{TMP_MARK}ray-staging"
+STAGING_DIR = RAY_STAGING_DIR
 
 
 def staging_dir(index_dir) -> Path:
-    return Path(index_dir) / STAGING_DIR
+    return staging_path(index_dir)
 
 
 def write_staged(index_dir, parts: Sequence[int], ordinals: Sequence[int], items: Sequence[Prepared],

@@ -11,11 +11,10 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 from ..errors import InputError
-from ..index_format import Manifest, ModelInfo
+from ..index_format import Manifest, ModelInfo, store_path, wipe_index, writer_lock
 from ..store import Store
 from ..types import TEXT, Item
 from . import planner
-from .build import _exclusive, _wipe
 from .prepare import Prepared
 from .writer import ShardWriter
 
@@ -36,9 +35,9 @@ def index_vectors(out, vectors: np.ndarray, ids: Sequence[str], *, texts: Option
     model = model or ModelInfo(id="external", backbone="external", dim=x.shape[1], dtype="float32")
     out = Path(out)
     plan = planner.plan(index, x.shape[1], len(x), memory_budget)
-    with _exclusive(out):
-        _wipe(out)
-        with Store(out / "store.lmdb") as store:
+    with writer_lock(out):
+        wipe_index(out)
+        with Store(store_path(out)) as store:
             writer = ShardWriter(out, store, model, instructions or {}, plan, shard_size=shard_size,
                                  store_vectors=store_vectors, train_size=planner.train_size(plan, train_size),
                                  recall_target=recall_target, extra={"source": "vectors"})

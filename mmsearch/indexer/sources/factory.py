@@ -58,7 +58,7 @@ def options_of(kind: str) -> tuple:
     return tuple(f.name for f in dataclasses.fields(KINDS[kind]) if f.name != "path")
 
 
-def _kind_of(path: str, kind: Optional[str]) -> str:
+def checked_kind(path: str, kind: Optional[str]) -> str:
     """The checked kind of an existing path."""
     if not os.path.exists(path):
         raise InputError(f"source {path!r} does not exist")
@@ -79,7 +79,7 @@ def open_source(path: PathLike, kind: Optional[str] = None, **options) -> Source
     kind does not take, or a bad option value. Nothing is read until iteration.
     """
     path = os.fspath(path)
-    kind = _kind_of(path, kind)
+    kind = checked_kind(path, kind)
     unknown = sorted(set(options) - set(options_of(kind)))
     if unknown:
         raise InputError(f"{kind} source {path!r}: unknown option(s) {', '.join(unknown)}; "
@@ -102,7 +102,7 @@ def iter_sources(paths: Union[PathLike, Iterable[PathLike]], kind: Optional[str]
         raise InputError(f"unknown source option(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
     sources = []
     for path in map(os.fspath, paths):
-        chosen = _kind_of(path, kind)
+        chosen = checked_kind(path, kind)
         accepted = set(options_of(chosen))
         sources.append(open_source(path, chosen, **{k: v for k, v in options.items() if k in accepted}))
     return itertools.chain.from_iterable(sources)

@@ -1,10 +1,9 @@
-"""The index manifest (`INDEX/manifest.json`) and the durable-write helpers.
+"""The index manifest (`INDEX/manifest.json`): records, reading and the atomic commit.
 
 The manifest is the single source of truth of an index (DESIGN §5): the model the
 vectors came from, the candidate instructions, the FAISS spec and each committed
 shard with its id range and file checksums. A shard directory that is not listed
-here does not exist for readers. Use it through `mmsearch.index_format`, which
-re-exports every public name of this module.
+here does not exist for readers.
 
 Row ids are global int64 positions; a shard owns the half-open range
 ``[id_start, id_end)`` and ``rows == id_end - id_start``.
@@ -12,132 +11,24 @@ Row ids are global int64 positions; a shard owns the half-open range
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any, Optional, Tuple, Union
 
-from mmsearch.errors import IndexFormatError, IndexMismatchError
+from mmsearch.errors import IndexFormatError
 
-# Indexes written before embedding families (manifests without "family") embedded Qwen
-# backbones with transformers' M-RoPE positions: the rule now called the "mmsearch" family.
-LEGACY_FAMILY = {"qwen2_vl": "mmsearch", "qwen2_5_vl": "mmsearch"}
+from .durable import atomic_write_json, sha256_file, utc_now
+from .fields import frozen_map, get_field
+from .layout import MANIFEST_FILE, VECTORS_FILE, PathLike, manifest_path
+from .model import ModelInfo
 
 FORMAT_VERSION = 1
-
-# The layout of INDEX/ (DESIGN §5).
-MANIFEST_FILE = "manifest.json"
-TRAINED_FILE = "trained.faiss"
-SHARDS_DIR = "shards"
-INDEX_FILE = "index.faiss"
-META_FILE = "meta.arrow"
-VECTORS_FILE = "vectors.npy"
-STORE_DIR = "store.lmdb"
-ERRORS_FILE = "errors.jsonl"
-STATS_FILE = "stats.json"
-QUERY_BANK_FILE = "query_bank.npy"        # optional: embeddings of typical queries (hubness)
-QUERY_BANK_INFO_FILE = "query_bank.json"  # how that bank was made
-TMP_MARK = ".tmp-"  # every temporary file or dir name contains it; remove_unlisted sweeps them
 METRICS = ("inner_product", "l2")
 DEFAULT_INSTRUCTION_KEY = "default"
 
-PathLike = Union[str, os.PathLike]
-
-
-# --- durable writes: one implementation each, reused by everything -----------------------
-
-def sha256_file(path: PathLike, chunk_size: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks so big shards do not fill memory."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk_size):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def fsync_file(path: PathLike) -> None:
-    """Flush a file that some other writer (faiss, arrow) closed to stable storage."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_dir(path: PathLike) -> None:
-    """Make renames and creations inside a directory durable (no-op where unsupported)."""
-    flag = getattr(os, "O_DIRECTORY", None)
-    if flag is None:  # Windows cannot open a directory for fsync
-        return
-    fd = os.open(path, os.O_RDONLY | flag)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def tmp_name(name: str) -> str:
-    """A unique temporary sibling name: ``<name>.tmp-<pid>-<random>``."""
-    return f"{name}{TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}"
-
-
-def atomic_write_bytes(path: PathLike, data: bytes) -> None:
-    """Replace `path` with `data` so readers see the old or the new file, never a torn one."""
-    path = Path(path)
-    tmp = path.with_name(tmp_name(path.name))
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
-def atomic_write_json(path: PathLike, obj: Any) -> None:
-    """`atomic_write_bytes` of strict JSON (no NaN), indented for people who open it."""
-    text = json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def utc_now() -> str:
-    """ISO-8601 UTC timestamp with second precision, e.g. ``2025-01-31T12:00:00Z``."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-# --- validation helpers -----------------------------------------------------------------
-
-def _get(d: Mapping[str, Any], key: str, where: str, kind: Any, optional: bool = False) -> Any:
-    """d[key] checked against `kind` (a type or tuple); bool is never accepted as int."""
-    if not isinstance(d, Mapping):
-        raise IndexFormatError(f"manifest: {where} must be an object, got {type(d).__name__}")
-    if key not in d or d[key] is None:
-        if optional:
-            return None
-        raise IndexFormatError(f"manifest: missing {where}.{key}")
-    value = d[key]
-    if isinstance(value, bool) and kind is not bool:
-        raise IndexFormatError(f"manifest: {where}.{key} must be {kind}, got {value!r}")
-    if not isinstance(value, kind):
-        raise IndexFormatError(f"manifest: {where}.{key} must be {getattr(kind, '__name__', kind)}, "
-                               f"got {value!r}")
-    return value
-
-
-def _frozen(mapping: Optional[Mapping[str, Any]]) -> Mapping[str, Any]:
-    return MappingProxyType(dict(mapping or {}))
-
-
-# --- the records ------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class FileInfo:
@@ -161,77 +52,7 @@ class FileInfo:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str = "file") -> "FileInfo":
-        return cls(bytes=_get(d, "bytes", where, int), sha256=_get(d, "sha256", where, str))
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """The encoder the vectors were made with; `check_model` compares two of these."""
-
-    id: str
-    backbone: str
-    dim: int
-    dtype: str
-    revision: Optional[str] = None
-    weight_hash: Optional[str] = None
-    pooling: str = "last_token"
-    normalized: bool = True
-    family: Optional[str] = None    # the embedding recipe (None: an index from before families)
-    rule: Optional[str] = None      # the recipe's rule version
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.dim, int) or isinstance(self.dim, bool) or self.dim <= 0:
-            raise IndexFormatError(f"model dim must be a positive int, got {self.dim!r}")
-        for name in ("id", "backbone", "dtype", "pooling"):
-            if not isinstance(getattr(self, name), str) or not getattr(self, name):
-                raise IndexFormatError(f"model {name} must be a non-empty string, "
-                                       f"got {getattr(self, name)!r}")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "ModelInfo":
-        w = "model"
-        return cls(id=_get(d, "id", w, str), backbone=_get(d, "backbone", w, str),
-                   dim=_get(d, "dim", w, int), dtype=_get(d, "dtype", w, str),
-                   revision=_get(d, "revision", w, str, optional=True),
-                   weight_hash=_get(d, "weight_hash", w, str, optional=True),
-                   pooling=_get(d, "pooling", w, str), normalized=_get(d, "normalized", w, bool),
-                   family=_get(d, "family", w, str, optional=True), rule=_get(d, "rule", w, str, optional=True))
-
-    @property
-    def effective_family(self) -> Optional[str]:
-        """The family the vectors were made by. Indexes from before families record none:
-        their Qwen2-VL/Qwen2.5-VL vectors used transformers' M-RoPE positions, i.e. the
-        ``mmsearch`` family; other backbones' rules did not change."""
-        if self.family is not None:
-            return self.family
-        return LEGACY_FAMILY.get(self.backbone)
-
-    def legacy_rule_note(self) -> Optional[str]:
-        """What to tell a user whose index was built under the old Qwen2-VL rule, or None."""
-        if self.family is not None or self.backbone not in LEGACY_FAMILY:
-            return None
-        return (f"this index was built before embedding families: its {self.backbone} vectors used M-RoPE "
-                f"positions, which VLM2Vec's reference does not (it uses 1D positions). Searches keep the old "
-                f"rule (family 'mmsearch') so results stay consistent. To get the reference embeddings, rebuild: "
-                f"mmsearch index build SOURCES --out INDEX --model {self.id} --fresh")
-
-    def encoder_options(self) -> dict:
-        """What `load_encoder` needs besides the id to make the same vectors again."""
-        family = self.effective_family
-        return {} if family is None else {"family": family, "dim": self.dim}
-
-
-def model_info_of(encoder, dtype: Optional[str] = None, pooling: str = "last_token",
-                  normalized: bool = True) -> ModelInfo:
-    """The ModelInfo of a loaded encoder, as the indexer records it and readers compare it."""
-    dtype = dtype or str(getattr(encoder, "dtype", "float32")).replace("torch.", "")
-    recipe = getattr(encoder, "recipe", None)
-    return ModelInfo(id=str(encoder.name), backbone=str(encoder.backbone), dim=int(encoder.dim), dtype=dtype,
-                     weight_hash=getattr(encoder, "fingerprint", None), pooling=pooling, normalized=normalized,
-                     family=getattr(encoder, "family", None), rule=None if recipe is None else recipe.rule)
+        return cls(bytes=get_field(d, "bytes", where, int), sha256=get_field(d, "sha256", where, str))
 
 
 @dataclass(frozen=True)
@@ -250,7 +71,7 @@ class FaissSpec:
             raise IndexFormatError(f"faiss factory must be a non-empty string, got {self.factory!r}")
         if (self.trained_path is None) != (self.trained_file is None):
             raise IndexFormatError("faiss trained template needs both a path and its checksum")
-        object.__setattr__(self, "search_params", _frozen(self.search_params))
+        object.__setattr__(self, "search_params", frozen_map(self.search_params))
 
     def to_dict(self) -> dict:
         trained = None
@@ -261,12 +82,12 @@ class FaissSpec:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "FaissSpec":
-        trained = _get(d, "trained", "faiss", Mapping, optional=True)
+        trained = get_field(d, "trained", "faiss", Mapping, optional=True)
         where = "faiss.trained"
-        return cls(factory=_get(d, "factory", "faiss", str),
-                   trained_path=None if trained is None else _get(trained, "path", where, str),
+        return cls(factory=get_field(d, "factory", "faiss", str),
+                   trained_path=None if trained is None else get_field(trained, "path", where, str),
                    trained_file=None if trained is None else FileInfo.from_dict(trained, where),
-                   search_params=_get(d, "search_params", "faiss", Mapping, optional=True) or {})
+                   search_params=get_field(d, "search_params", "faiss", Mapping, optional=True) or {})
 
 
 @dataclass(frozen=True)
@@ -286,7 +107,7 @@ class ShardInfo:
         if not (0 <= self.id_start < self.id_end and self.rows == self.id_end - self.id_start):
             raise IndexFormatError(f"shard {self.name}: rows={self.rows} does not match its id "
                                    f"range [{self.id_start}, {self.id_end})")
-        object.__setattr__(self, "files", _frozen(self.files))
+        object.__setattr__(self, "files", frozen_map(self.files))
 
     @property
     def has_vectors(self) -> bool:
@@ -302,11 +123,11 @@ class ShardInfo:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ShardInfo":
-        name = _get(d, "name", "shards[]", str)
+        name = get_field(d, "name", "shards[]", str)
         where = f"shards[{name}]"
-        files = _get(d, "files", where, Mapping)
-        return cls(name=name, rows=_get(d, "rows", where, int),
-                   id_start=_get(d, "id_start", where, int), id_end=_get(d, "id_end", where, int),
+        files = get_field(d, "files", where, Mapping)
+        return cls(name=name, rows=get_field(d, "rows", where, int),
+                   id_start=get_field(d, "id_start", where, int), id_end=get_field(d, "id_end", where, int),
                    files={k: FileInfo.from_dict(v, f"{where}.files.{k}") for k, v in files.items()})
 
 
@@ -341,8 +162,8 @@ class Manifest:
                if not (isinstance(k, str) and isinstance(v, str))}
         if bad:
             raise IndexFormatError(f"instructions must map strings to strings, got {bad!r}")
-        object.__setattr__(self, "instructions", _frozen(self.instructions))
-        object.__setattr__(self, "extra", _frozen(self.extra))
+        object.__setattr__(self, "instructions", frozen_map(self.instructions))
+        object.__setattr__(self, "extra", frozen_map(self.extra))
         object.__setattr__(self, "shards", tuple(sorted(self.shards, key=lambda s: s.id_start)))
         self._check_shards()
 
@@ -410,21 +231,21 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Manifest":
-        version = _get(d, "format_version", "manifest", int)
+        version = get_field(d, "format_version", "manifest", int)
         if version != FORMAT_VERSION:  # say so before tripping over fields we do not know
             raise IndexFormatError(f"format_version {version} is not supported; this mmsearch reads "
                                    f"format_version {FORMAT_VERSION} (upgrade mmsearch to open it)")
-        shards = _get(d, "shards", "manifest", list)
+        shards = get_field(d, "shards", "manifest", list)
         manifest = cls(
             format_version=version,
-            created=_get(d, "created", "manifest", str), updated=_get(d, "updated", "manifest", str),
-            model=ModelInfo.from_dict(_get(d, "model", "manifest", Mapping)),
-            instructions=_instruction_map(_get(d, "candidate_instruction", "manifest", (str, Mapping))),
-            metric=_get(d, "metric", "manifest", str),
-            faiss=FaissSpec.from_dict(_get(d, "faiss", "manifest", Mapping)),
+            created=get_field(d, "created", "manifest", str), updated=get_field(d, "updated", "manifest", str),
+            model=ModelInfo.from_dict(get_field(d, "model", "manifest", Mapping)),
+            instructions=_instruction_map(get_field(d, "candidate_instruction", "manifest", (str, Mapping))),
+            metric=get_field(d, "metric", "manifest", str),
+            faiss=FaissSpec.from_dict(get_field(d, "faiss", "manifest", Mapping)),
             shards=tuple(ShardInfo.from_dict(s) for s in shards),
-            next_row=_get(d, "next_row", "manifest", int),
-            extra=_get(d, "extra", "manifest", Mapping, optional=True) or {})
+            next_row=get_field(d, "next_row", "manifest", int),
+            extra=get_field(d, "extra", "manifest", Mapping, optional=True) or {})
         rows = manifest.total_rows
         totals = d.get("totals")
         if isinstance(totals, Mapping) and totals.get("rows", rows) != rows:
@@ -445,14 +266,14 @@ def write_manifest(index_dir: PathLike, manifest: Manifest) -> Path:
         raise TypeError(f"write_manifest needs a Manifest, got {type(manifest).__name__}")
     index_dir = Path(index_dir)
     index_dir.mkdir(parents=True, exist_ok=True)
-    path = index_dir / MANIFEST_FILE
+    path = manifest_path(index_dir)
     atomic_write_json(path, manifest.to_dict())
     return path
 
 
 def read_manifest(index_dir: PathLike) -> Manifest:
     """The committed manifest of an index; IndexFormatError naming the path otherwise."""
-    path = Path(index_dir) / MANIFEST_FILE
+    path = manifest_path(index_dir)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -470,28 +291,3 @@ def read_manifest(index_dir: PathLike) -> Manifest:
         return Manifest.from_dict(data)
     except IndexFormatError as e:
         raise IndexFormatError(f"{path}: {e}") from e
-
-
-def check_model(built: ModelInfo, used: ModelInfo) -> None:
-    """Raise IndexMismatchError unless `used` makes vectors comparable to `built`'s.
-
-    Weight hashes decide when both are known (the same weights may load from another
-    path); otherwise the model id and, when both are recorded, the revision. dtype may
-    differ (bf16 on GPU, fp32 on CPU give the same embeddings up to rounding).
-    """
-    fields = ["backbone", "dim", "pooling", "normalized"]
-    diffs = []
-    if used.family is not None and built.effective_family not in (None, used.family):
-        hint = " (load it with family=%r, or rebuild the index)" % built.effective_family
-        diffs.append(f"family: index has {built.effective_family!r}, encoder has {used.family!r}{hint}")
-    if built.weight_hash and used.weight_hash:
-        fields.append("weight_hash")
-    else:
-        fields.append("id")
-        if built.revision and used.revision:
-            fields.append("revision")
-    diffs += [f"{f}: index has {getattr(built, f)!r}, encoder has {getattr(used, f)!r}"
-              for f in fields if getattr(built, f) != getattr(used, f)]
-    if diffs:
-        raise IndexMismatchError(f"the index was built with model {built.id!r} and cannot be searched "
-                                 f"with {used.id!r}: " + "; ".join(diffs))
