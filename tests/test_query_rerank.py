@@ -61,12 +61,18 @@ def test_refine_without_stored_vectors_explains(tmp_path):
 D8 = fmt.ModelInfo(id="test/vectors", backbone="qwen2_vl", dim=8, dtype="float32")
 
 
-@pytest.fixture(scope="module")
-def hub_index(tmp_path_factory):
+def hub_data():
+    """A corpus and a query bank in which row 7 is the nearest neighbour of many bank queries."""
     x = clustered(61, d=8, seed=31, centers=4)
     bank = clustered(40, d=8, seed=32, centers=4)
     hub = bank.mean(0)
-    x[7] = hub / np.linalg.norm(hub)  # the nearest neighbour of many bank queries
+    x[7] = hub / np.linalg.norm(hub)
+    return x, bank
+
+
+@pytest.fixture(scope="module")
+def hub_index(tmp_path_factory):
+    x, bank = hub_data()
     xq = clustered(6, d=8, seed=33, centers=4)
     xq[0] = 0.55 * x[7] + 0.45 * x[30]  # nearest: the hub, then item 30
     xq /= np.linalg.norm(xq, axis=1, keepdims=True)
@@ -125,6 +131,127 @@ def test_hubness_bank_argument_and_missing_bank(hub_index, tmp_path):
             index.search("q0", k=3, rerank="refine,rerankz")
     with pytest.raises(InputError, match="method"):
         Hubness(method="softmax")
+
+
+# --- hubness across snapshots: the hub set belongs to the candidates' snapshot -----------------
+
+class Spy:
+    """A chain stage that only records the rerank context it is given."""
+
+    name = "spy"
+
+    def __init__(self):
+        self.contexts = []
+
+    def candidates(self, k):
+        return k
+
+    def rerank(self, ctx, D, I):
+        self.contexts.append(ctx)
+        return D, I
+
+
+class HookedEncoder(VectorEncoder):
+    """Runs `hook` once, inside the next encode: after that search has taken its snapshot
+    and before it reranks, where a concurrent add or delete lands."""
+
+    hook = None
+
+    def encode(self, inputs, **kwargs):
+        hook, self.hook = self.hook, None
+        if hook is not None:
+            hook()
+        return super().encode(inputs, **kwargs)
+
+
+def brute_force_dis(x, bank, xq, live, depth=20, k=5, beta=20.0):
+    """DIS hubness by hand on the snapshot whose live rows are `live` (a mask over the rows
+    of x): the activation set (each bank query's nearest live row) and, per query, the
+    rows and scores of the formula of `expected_hubness`."""
+    rows = np.flatnonzero(live)
+    local_hubs = np.unique(np.argmax(bank @ x[rows].T, axis=1))
+    per_query = [expected_hubness(x[rows], bank, xq, q, depth, k, beta, local_hubs) for q in range(len(xq))]
+    return rows[local_hubs], [(rows[r], s) for r, s in per_query]
+
+
+def assert_hubness_is(results, hubs_used, expected):
+    hubs, per_query = expected
+    np.testing.assert_array_equal(np.sort(hubs_used), hubs)
+    for q, (hits, (rows, scores)) in enumerate(zip(results, per_query)):
+        assert [h.row for h in hits] == rows.tolist(), q
+        np.testing.assert_allclose([h.score for h in hits], scores, rtol=1e-4, atol=1e-3, err_msg=str(q))
+
+
+def near(v, seed, noise=0.05):
+    v = v + noise * np.random.default_rng(seed).normal(size=v.shape)
+    return (v / np.linalg.norm(v, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def append_shard(path, manifest, x_new, start):
+    """Commit rows start.. of x_new as a new shard, by a new manifest (as the indexer's add does)."""
+    rows = np.arange(start, start + len(x_new), dtype=np.int64)
+    shard = fmt.new_shard_index(path, manifest)
+    shard.add_with_ids(x_new, rows)
+    meta = fmt.build_meta_table([f"item-{r}" for r in rows], ["text"] * len(rows),
+                                [f"caption {r}" for r in rows], [None] * len(rows))
+    info = fmt.write_shard(path, fmt.shard_name(len(manifest.shards)), shard, rows, meta, x_new)
+    fmt.write_manifest(path, manifest.with_shard(info))
+
+
+def test_hubness_follows_an_add_between_searches(tmp_path):
+    x, bank = hub_data()
+    # new rows next to six bank queries: each becomes its query's nearest neighbour
+    X = np.vstack([x, near(bank[:6], 34), clustered(9, d=8, seed=35, centers=4)])
+    old, new = np.arange(len(X)) < len(x), np.ones(len(X), dtype=bool)
+    hubs_old, hubs_new = brute_force_dis(X, bank, X[:1], old)[0], brute_force_dis(X, bank, X[:1], new)[0]
+    lost = np.setdiff1d(hubs_old, hubs_new)  # hubs of the old snapshot only
+    xq = clustered(6, d=8, seed=33, centers=4)
+    xq[0] = 0.55 * x[7] + 0.45 * x[30]
+    xq[1:3] = near(X[[lost[0], len(x)]], 36)  # nearest: a lost hub; a new row
+    xq /= np.linalg.norm(xq, axis=1, keepdims=True)
+    assert len(lost) and np.argmax(x @ xq[1]) == lost[0] and np.argmax(X @ xq[2]) == len(x)
+    path = tmp_path / "index"
+    manifest = build_index(path, x, "Flat", shards=2, model=D8)
+    np.save(path / "query_bank.npy", bank)
+    queries, encoder = [f"q{i}" for i in range(len(xq))], HookedEncoder(xq)
+    first, hub, spy = Hubness(method="dis"), Hubness(method="dis"), Spy()
+    with open_index(path, encoder=encoder) as index:
+        before = index.search(queries, k=5, rerank=[first, spy])
+        # `hub` has no hub set cached yet: it computes one inside the search the add overtakes
+        encoder.hook = lambda: append_shard(path, manifest, X[len(x):], len(x))
+        during = index.search(queries, k=5, rerank=[hub, spy])
+        after = index.search(queries, k=5, rerank=[hub, spy])
+        hubs = [first.hubs(spy.contexts[0])] + [hub.hubs(ctx) for ctx in spy.contexts[1:]]
+        assert len(index) == len(X)
+    expected_old, expected_new = brute_force_dis(X, bank, xq, old), brute_force_dis(X, bank, xq, new)
+    assert_hubness_is(before, hubs[0], expected_old)
+    assert_hubness_is(during, hubs[1], expected_old)  # the snapshot it started on, hub set included
+    assert_hubness_is(after, hubs[2], expected_new)   # after the add: the new snapshot's hubs and scores
+    assert spy.contexts[0].view is spy.contexts[1].view is not spy.contexts[2].view
+    assert after[2][0].row == len(x) and not np.array_equal(expected_old[0], expected_new[0])
+
+
+def test_hubness_follows_a_delete_between_searches(tmp_path):
+    from mmsearch.indexer.maintenance import delete_ids
+
+    x, bank = hub_data()
+    alive = np.arange(len(x)) != 54  # delete a hub: some of its bank queries find rows that were no hubs
+    hubs_old, hubs_new = (brute_force_dis(x, bank, x[:1], live)[0] for live in (np.ones(len(x), bool), alive))
+    gained = np.setdiff1d(hubs_new, hubs_old)
+    xq = clustered(6, d=8, seed=33, centers=4)
+    xq[1] = near(x[gained[0]], 37)
+    assert len(gained) and np.argmax(x @ xq[1]) == gained[0]
+    path = tmp_path / "index"
+    build_index(path, x, "Flat", shards=2, model=D8)
+    np.save(path / "query_bank.npy", bank)
+    queries, hub, spy = [f"q{i}" for i in range(len(xq))], Hubness(method="dis"), Spy()
+    with open_index(path, encoder=VectorEncoder(xq)) as index:
+        before = index.search(queries, k=5, rerank=[hub, spy])
+        delete_ids(path, ["item-54"])  # the same manifest: only the snapshot's live rows change
+        after = index.search(queries, k=5, rerank=[hub, spy])
+        hubs = [hub.hubs(ctx) for ctx in spy.contexts]
+    assert_hubness_is(before, hubs[0], brute_force_dis(x, bank, xq, np.ones(len(x), bool)))
+    assert_hubness_is(after, hubs[1], brute_force_dis(x, bank, xq, alive))
 
 
 # --- vlm ----------------------------------------------------------------------------------

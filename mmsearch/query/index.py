@@ -14,7 +14,6 @@ Deletions recorded in the store apply from the next call on.
 """
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
@@ -26,10 +25,10 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from mmsearch.encoders import BUILTIN_MODELS, load_encoder
-from mmsearch.errors import ImageError, IndexFormatError, InputError, ModelLoadError
-from mmsearch.images import load_image
-from mmsearch.index_format import (QUERY_BANK_FILE, QUERY_BANK_INFO_FILE, ModelInfo, PathLike, check_model,
-                                   model_info_of)
+from mmsearch.errors import InputError, ModelLoadError
+from mmsearch.index_format import (QUERY_BANK_FILE, ModelInfo, PathLike, check_model, load_query_bank,
+                                   load_query_bank_info, model_info_of, query_bank_paths)
+from mmsearch.types import Query
 
 from .filtered import FilterPolicy, search_shard
 from .filters import Filter, parse_filter
@@ -37,8 +36,9 @@ from .hits import Hit
 from .merge import CostModel, map_shards, merge_results, pad_result
 from .params import SearchParams
 from .queries import as_queries, with_instruction
-from .rerank import RerankContext, make_reranker, parse_rerank
-from .view import IndexView
+from .rerank import make_reranker, parse_rerank
+from .rerank_context import QueryBank, RerankContext, check_bank
+from .view import IndexView, Tombstones
 
 _CPUS = os.cpu_count() or 1
 
@@ -179,8 +179,9 @@ class Index:
         encoder = self.encoder
         queries = with_instruction(queries, task, instruction, getattr(encoder, "task_instruction", None))
         xq = encoder.encode(queries, show_progress=False)  # Query objects: the query side
-        D, I = self._search(view, xq, max([k] + [stage.candidates(k) for stage in chain]), filt, knobs)
-        ctx = RerankContext(self, view, xq, queries, k)
+        tombstones = view.store.tombstones()  # with `view`, the snapshot of this search and its rerankers
+        D, I = self._search(view, xq, max([k] + [stage.candidates(k) for stage in chain]), filt, knobs, tombstones)
+        ctx = self._rerank_context(view, tombstones, xq, queries, k)
         history = [("ann", D, I)]
         for stage in chain:
             depth = stage.candidates(k)
@@ -207,12 +208,13 @@ class Index:
     def _knobs(view: IndexView, params) -> SearchParams:
         return view.defaults if params is None else SearchParams.coerce(params).over(view.defaults)
 
-    def _search(self, view: IndexView, xq: np.ndarray, k: int, filt: Optional[Filter], knobs: SearchParams):
+    def _search(self, view: IndexView, xq: np.ndarray, k: int, filt: Optional[Filter], knobs: SearchParams,
+                tombstones: Optional[Tombstones] = None):
         n, keep_max = len(xq), view.keep_max
         width = max(1, min(k, view.rows))
         if not view.shards or n == 0:
             return pad_result(np.empty((n, 0), np.float32), np.empty((n, 0), np.int64), k, keep_max)
-        masks = view.masks(filt)
+        masks = view.masks(filt, tombstones)
         if len(view.shards) == 1:
             D, I = search_shard(view.shards[0], xq, width, knobs, masks[0], self.policy)
             return pad_result(D, I, k, keep_max) if I.shape[1] < k else (D, I)
@@ -236,6 +238,19 @@ class Index:
                 if self._executor is None:
                     self._executor = ThreadPoolExecutor(_CPUS, thread_name_prefix="mmsearch-shard")
         return self._executor
+
+    def _rerank_context(self, view: IndexView, tombstones: Tombstones, xq: np.ndarray, queries: List[Query],
+                        k: int) -> RerankContext:
+        """What rerankers may look at: this snapshot (the view and the deletions the search
+        saw) and what belongs to it; a search over it, not over whatever is current later."""
+        def search(x: np.ndarray, depth: int) -> Tuple[np.ndarray, np.ndarray]:
+            return self._search(view, _check_xq(x, view.dim), _check_k(depth), None, view.defaults, tombstones)
+
+        def query_bank() -> QueryBank:
+            return QueryBank(self.query_bank(), self.query_bank_info())
+
+        return RerankContext(view, xq, queries, k, search=search, query_bank=query_bank, encoder=self.encoder,
+                             tombstones=tombstones[0])
 
     def _chain(self, rerank: Any) -> list:
         return parse_rerank(rerank, self._named_reranker)
@@ -270,36 +285,21 @@ class Index:
     def candidate_image(self, record: Mapping[str, Any], view: Optional[IndexView] = None):
         """The candidate's image (PIL) from its `image` reference, else its stored
         thumbnail, else None. Relative references resolve against the index folder,
-        then ``manifest.extra["image_root"]``, then the working directory."""
-        ref = record.get("image")
-        if not ref:
-            return None
-        view = view or self.view()
-        roots = [self.path, view.manifest.extra.get("image_root"), "."]
-        paths = [Path(ref)] if Path(ref).is_absolute() else [Path(r) / ref for r in roots if r]
-        for path in paths:
-            if path.is_file():
-                try:
-                    return load_image(path)
-                except ImageError:
-                    break
-        thumb = view.store.read(lambda s: s.get_thumbnail(record["id"])) if view.store.exists else None
-        return load_image(thumb) if thumb else None
+        then ``manifest.extra["image_root"]``, then the working directory (see
+        `IndexView.candidate_image`; `view`: that snapshot, default the current one)."""
+        return (view or self.view()).candidate_image(record)
 
     def query_bank(self) -> np.ndarray:
         """``INDEX/query_bank.npy``: float32 (n, dim) embeddings of typical queries (same
         model, same query instruction as the searches), for the hubness reranker."""
         if self._bank is None:
-            path = self.path / QUERY_BANK_FILE
-            if not path.is_file():
-                raise InputError(f"hubness reranking needs a query bank: no {path}; write one with `mmsearch "
+            bank = load_query_bank(self.path, self.dim)
+            if bank is None:
+                raise InputError(f"hubness reranking needs a query bank: no {query_bank_paths(self.path)[0]}; "
+                                 f"write one with `mmsearch "
                                  f"index query-bank {self.path} --queries FILE`, or pass "
                                  f"Hubness(bank=query_embeddings) (float32 (n, {self.dim}) embeddings of typical "
                                  f"queries)")
-            try:
-                bank = self.check_bank(np.load(path, allow_pickle=False))
-            except (OSError, ValueError) as e:
-                raise IndexFormatError(f"cannot read the query bank {path}: {e}") from e
             self._bank_info, self._bank = self._read_bank_info(len(bank)), bank
         return self._bank
 
@@ -310,22 +310,14 @@ class Index:
         return self._bank_info
 
     def _read_bank_info(self, rows: int) -> Optional[dict]:
-        path = self.path / QUERY_BANK_INFO_FILE
-        try:
-            info = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as e:
-            raise IndexFormatError(f"cannot read the query bank's description {path}: {e}") from e
+        info = load_query_bank_info(self.path)
         if not isinstance(info, dict) or info.get("count") != rows:
             return None  # not the description of this bank (replaced by hand): provenance unknown
         return info
 
     def check_bank(self, bank: Any) -> np.ndarray:
-        bank = np.asarray(bank)
-        if bank.ndim != 2 or bank.shape[1] != self.dim or len(bank) == 0:
-            raise InputError(f"query bank must be a non-empty (n, {self.dim}) array, got shape {bank.shape}")
-        return np.ascontiguousarray(bank, dtype=np.float32)
+        """`bank` as C-contiguous float32 (n, dim); InputError naming the shape otherwise."""
+        return check_bank(bank, self.dim)
 
     # --- hits ------------------------------------------------------------------------------
 

@@ -23,15 +23,17 @@ query_bank=FILE)`` or ``mmsearch index query-bank INDEX --queries FILE --task T`
 (`mmsearch.indexer.query_bank`), together with ``query_bank.json`` recording the task
 and instruction it was made with; a search with another query instruction then gets
 a warning. Neither file is listed in the manifest; they are read once per open index.
+
+A reranker sees one snapshot, never the `Index` (`RerankContext`, module
+`mmsearch.query.rerank_context`); what a stage caches (the hub set) is kept per snapshot.
 """
 from __future__ import annotations
 
-import math
 import threading
 import warnings
 import weakref
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -39,43 +41,13 @@ from mmsearch.errors import InputError
 from mmsearch.types import Query
 
 from .merge import worst_score
+from .rerank_context import (QueryBank, RerankContext, Result, Snapshot, check_bank, check_depth, rerank_depth,
+                             sort_result)
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .index import Index
-    from .view import IndexView
+__all__ = ["RERANKERS", "Hubness", "QueryBank", "Refine", "RerankContext", "Result", "Snapshot", "candidate_scores",
+           "check_bank", "check_depth", "make_reranker", "parse_rerank", "rerank_depth", "sort_result"]
 
-Result = Tuple[np.ndarray, np.ndarray]
 _LOGZ_BLOCK = 4096  # candidates per block of the bank-similarity matrix
-
-
-@dataclass(frozen=True)
-class RerankContext:
-    """What a reranker may look at besides the candidates."""
-
-    index: "Index"
-    view: "IndexView"                    # the snapshot the candidates' row ids refer to
-    xq: np.ndarray                       # (n, d) query embeddings
-    queries: Optional[Sequence[Query]]   # the queries themselves; None for search_vectors
-    k: int
-
-
-def rerank_depth(k: int, factor: float, depth: Optional[int]) -> int:
-    """Candidates a stage looks at: `depth` if set, else ceil(k * factor); never below k."""
-    return max(k, depth if depth is not None else math.ceil(k * factor))
-
-
-def _check_depth(factor: float, depth: Optional[int]) -> None:
-    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor < 1:
-        raise InputError(f"reranker factor={factor!r}: expected a number >= 1")
-    if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 1):
-        raise InputError(f"reranker depth={depth!r}: expected an int >= 1 (or None)")
-
-
-def sort_result(scores: np.ndarray, I: np.ndarray, keep_max: bool) -> Result:
-    """Rows re-sorted best first (stable: ties keep their previous order), -1 last."""
-    scores = np.where(I >= 0, scores, worst_score(keep_max)).astype(np.float32)
-    order = np.argsort(-scores if keep_max else scores, axis=1, kind="stable")
-    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(I, order, axis=1)
 
 
 def candidate_scores(ctx: RerankContext, I: np.ndarray, vectors: np.ndarray) -> np.ndarray:
@@ -83,11 +55,11 @@ def candidate_scores(ctx: RerankContext, I: np.ndarray, vectors: np.ndarray) -> 
     (rows of `vectors` follow ``I[I >= 0]``); -1 slots get the worst score."""
     valid = I >= 0
     qx = ctx.xq[np.nonzero(valid)[0]]
-    if ctx.index.keep_max:
+    if ctx.view.keep_max:
         values = np.einsum("ij,ij->i", qx, vectors)
     else:
         values = np.einsum("ij,ij->i", qx - vectors, qx - vectors)
-    out = np.full(I.shape, worst_score(ctx.index.keep_max), dtype=np.float32)
+    out = np.full(I.shape, worst_score(ctx.view.keep_max), dtype=np.float32)
     out[valid] = values
     return out
 
@@ -101,14 +73,14 @@ class Refine:
     name = "refine"
 
     def __post_init__(self) -> None:
-        _check_depth(self.factor, self.depth)
+        check_depth(self.factor, self.depth)
 
     def candidates(self, k: int) -> int:
         return rerank_depth(k, self.factor, self.depth)
 
     def rerank(self, ctx: RerankContext, D: np.ndarray, I: np.ndarray) -> Result:
         vectors = ctx.view.vectors(I[I >= 0], exact=True)
-        return sort_result(candidate_scores(ctx, I, vectors), I, ctx.index.keep_max)
+        return sort_result(candidate_scores(ctx, I, vectors), I, ctx.view.keep_max)
 
 
 @dataclass(frozen=True)
@@ -121,6 +93,9 @@ class Hubness:
     normalises a query's candidates only when its nearest candidate is in the
     activation set (the top-`activation_k` results of the bank queries over the whole
     index) and otherwise keeps the plain similarities. Inner-product indexes only.
+
+    The activation set is computed once per snapshot (the view and the deletions the
+    search saw), over that snapshot's shards: the one its candidates come from.
     """
 
     bank: Optional[np.ndarray] = field(default=None, compare=False, repr=False)
@@ -135,7 +110,7 @@ class Hubness:
     METHODS = ("dis", "is")
 
     def __post_init__(self) -> None:
-        _check_depth(self.factor, self.depth)
+        check_depth(self.factor, self.depth)
         if self.method not in self.METHODS:
             raise InputError(f"hubness method={self.method!r}: expected one of {list(self.METHODS)}")
         if isinstance(self.beta, bool) or not isinstance(self.beta, (int, float)) or self.beta <= 0:
@@ -147,8 +122,7 @@ class Hubness:
         return rerank_depth(k, self.factor, self.depth)
 
     def rerank(self, ctx: RerankContext, D: np.ndarray, I: np.ndarray) -> Result:
-        index = ctx.index
-        if not index.keep_max:
+        if not ctx.view.keep_max:
             raise InputError("the hubness reranker needs an inner-product index; this one uses l2")
         bank, hubs, made_with = self._state(ctx)
         _warn_other_instruction(ctx.queries, made_with)
@@ -163,20 +137,20 @@ class Hubness:
             normalised = np.where(apply[:, None], normalised, sims)
         return sort_result(normalised, I, keep_max=True)
 
+    def hubs(self, ctx: RerankContext) -> np.ndarray:
+        """The activation set ``"dis"`` uses for the snapshot of `ctx` (empty for ``"is"``)."""
+        return self._state(ctx)[1]
+
     def _state(self, ctx: RerankContext) -> Tuple[np.ndarray, np.ndarray, Optional[dict]]:
-        """(bank, activation set, how the bank was made or None) for the index version
-        of `ctx`, computed once."""
-        index = ctx.index
+        """(bank, activation set, how the bank was made or None) for the snapshot of
+        `ctx`, computed once from that snapshot (the latest deletions' version is kept)."""
         with self._lock:
-            state = self._cache.get(ctx.view)
-            if state is None:
-                bank = index.query_bank() if self.bank is None else index.check_bank(self.bank)
-                made_with = index.query_bank_info() if self.bank is None else None
-                hubs = np.empty(0, dtype=np.int64)
-                if self.method == "dis":
-                    _, top = index.search_vectors(bank, self.activation_k)
-                    hubs = np.unique(top[top >= 0])
-                state = self._cache[ctx.view] = (bank, hubs, made_with)
+            tombstones, state = self._cache.get(ctx.view, (None, None))
+            if state is None or tombstones != ctx.tombstones:
+                bank = ctx.query_bank() if self.bank is None else QueryBank(check_bank(self.bank, ctx.view.dim), None)
+                hubs = ctx.hubs(bank.vectors, self.activation_k) if self.method == "dis" else np.empty(0, np.int64)
+                state = (bank.vectors, hubs, bank.info)
+                self._cache[ctx.view] = (ctx.tombstones, state)
         return state
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from mmsearch.errors import IndexFormatError
-from mmsearch.index_format import (ShardInfo, load_shard_vectors, open_shard_index, open_shard_meta)
+from mmsearch.index_format import VECTORS_FILE, ShardInfo, load_shard_vectors, open_shard_index, open_shard_meta
 
 from .merge import merge_results
 from .params import SearchParams, build_faiss_params
@@ -139,7 +139,7 @@ class Shard:
             if out is not None:
                 return out
         what = "exact vectors" if exact else "vectors"
-        raise IndexFormatError(f"shard {self.name}: no {what} to rescore with: it has no vectors.npy and its "
+        raise IndexFormatError(f"shard {self.name}: no {what} to rescore with: it has no {VECTORS_FILE} and its "
                                f"faiss index cannot reconstruct {'uncompressed ' if exact else ''}vectors "
                                f"(rebuild the index with stored vectors)")
 

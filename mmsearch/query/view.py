@@ -11,14 +11,15 @@ import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mmsearch.errors import InputError
-from mmsearch.index_format import MANIFEST_FILE, STORE_DIR, Manifest, ShardInfo, read_manifest
+from mmsearch.errors import ImageError, InputError
+from mmsearch.images import load_image
+from mmsearch.index_format import Manifest, ShardInfo, manifest_path, read_manifest, store_path
 
 from .filtered import RowMask
 from .filters import Filter
@@ -28,6 +29,7 @@ from .tombstones import StoreView
 
 _MASK_CACHE_SIZE = 32
 Stamp = Optional[Tuple[int, int, int]]
+Tombstones = Tuple[int, List[np.ndarray]]  # (version, sorted deleted local rows of each shard)
 
 
 def manifest_stamp(manifest_path: str) -> Stamp:
@@ -48,7 +50,7 @@ class IndexView:
 
     def __init__(self, path: Path, previous: Optional["IndexView"] = None):
         self.path = path
-        self._manifest_path = str(path / MANIFEST_FILE)  # a str: checked on every call, keep it cheap
+        self._manifest_path = str(manifest_path(path))  # a str: checked on every call, keep it cheap
         self.stamp = manifest_stamp(self._manifest_path)  # taken first: a change while reading shows next time
         self.manifest: Manifest = read_manifest(path)
         reuse = {_key(s.info): s for s in previous.shards} if previous is not None else {}
@@ -58,9 +60,10 @@ class IndexView:
         self.ends = np.array([s.info.id_end for s in self.shards], dtype=np.int64)
         self.rows = self.manifest.total_rows
         self.keep_max = self.manifest.metric == "inner_product"
+        self.dim = self.manifest.model.dim
         self.columns = list(dict.fromkeys(c for s in self.shards for c in s.meta.column_names))
         self.defaults = SearchParams.coerce(self.manifest.faiss.search_params, strict=False)
-        self.store = StoreView(path / STORE_DIR, self.starts, self.ends)
+        self.store = StoreView(store_path(path), self.starts, self.ends)
         self._lock = threading.Lock()
         self._masks: "OrderedDict[tuple, List[Optional[RowMask]]]" = OrderedDict()
 
@@ -73,9 +76,10 @@ class IndexView:
         if unknown:
             raise InputError(f"filter columns {unknown} are not in this index; columns: {self.columns}")
 
-    def masks(self, filt: Optional[Filter]) -> List[Optional[RowMask]]:
-        """Allowed rows of each shard (None: all): the filter's matches minus tombstones."""
-        version, deleted = self.store.tombstones()
+    def masks(self, filt: Optional[Filter], tombstones: Optional[Tombstones] = None) -> List[Optional[RowMask]]:
+        """Allowed rows of each shard (None: all): the filter's matches minus tombstones
+        (`tombstones`: as read by ``store.tombstones()``; default, the current ones)."""
+        version, deleted = self.store.tombstones() if tombstones is None else tombstones
         if filt is None and not any(len(d) for d in deleted):
             return [None] * len(self.shards)
         key = (filt.key if filt else None, version)
@@ -143,3 +147,21 @@ class IndexView:
             found = pos.is_valid().to_numpy(zero_copy_only=False)
             rows[found] = pos.filter(pos.is_valid()).to_numpy().astype(np.int64) + shard.id_start
         return rows
+
+    def candidate_image(self, record: Mapping[str, Any]):
+        """A candidate's image (PIL) from its `image` reference, else its stored
+        thumbnail, else None. Relative references resolve against the index folder,
+        then ``manifest.extra["image_root"]``, then the working directory."""
+        ref = record.get("image")
+        if not ref:
+            return None
+        roots = [self.path, self.manifest.extra.get("image_root"), "."]
+        paths = [Path(ref)] if Path(ref).is_absolute() else [Path(r) / ref for r in roots if r]
+        for path in paths:
+            if path.is_file():
+                try:
+                    return load_image(path)
+                except ImageError:
+                    break
+        thumb = self.store.read(lambda s: s.get_thumbnail(record["id"])) if self.store.exists else None
+        return load_image(thumb) if thumb else None

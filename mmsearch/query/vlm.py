@@ -31,7 +31,7 @@ import dataclasses
 import os
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -42,10 +42,7 @@ from mmsearch.errors import InputError
 from mmsearch.images import load_image, smart_resize
 from mmsearch.types import Query
 
-from .rerank import RerankContext, _check_depth, rerank_depth, sort_result
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .index import Index
+from .rerank_context import RerankContext, check_depth, rerank_depth, sort_result
 
 FORMATS = ("auto", "yesno", "qwen3_reranker")
 DEFAULT_QUESTION = "Does the candidate match the query? Answer Yes or No."
@@ -102,7 +99,7 @@ class VLMReranker:
     name = "vlm"
 
     def __post_init__(self) -> None:
-        _check_depth(self.factor, self.depth)
+        check_depth(self.factor, self.depth)
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise InputError(f"vlm batch_size={self.batch_size!r}: expected an int >= 1")
         if not isinstance(self.question, str) or not self.question.strip():
@@ -123,19 +120,21 @@ class VLMReranker:
                              "not search_vectors")
         valid = I >= 0
         records = ctx.view.records(I[valid])
-        candidates = [Candidate(r.get("text"), ctx.index.candidate_image(r, ctx.view)) for r in records]
+        candidates = [Candidate(r.get("text"), ctx.view.candidate_image(r)) for r in records]
         queries = [_loaded(q) for q in ctx.queries]
         pairs = [queries[i] for i in np.nonzero(valid)[0]]
         scores = np.zeros(I.shape, dtype=np.float32)
-        scores[valid] = self.score_pairs(pairs, candidates, ctx.index)
+        scores[valid] = self.score_pairs(pairs, candidates, ctx.encoder)
         return sort_result(scores, I, keep_max=True)
 
     def score_pairs(self, queries: Sequence[Query], candidates: Sequence[Candidate],
-                    index: Optional["Index"] = None) -> np.ndarray:
-        """The judge's score of each (queries[i], candidates[i]) in [0, 1], float32 (n,)."""
+                    encoder: Any = None) -> np.ndarray:
+        """The judge's score of each (queries[i], candidates[i]) in [0, 1], float32 (n,).
+        `encoder`: the judge when this reranker has no model of its own (a search passes
+        the index's encoder)."""
         if len(queries) != len(candidates):
             raise InputError(f"{len(queries)} queries for {len(candidates)} candidates")
-        judge = self.judge(index)
+        judge = self.judge(encoder)
         fmt = self.format_for(judge)
         rows = (_qwen3_answer_ids if fmt == "qwen3_reranker" else _answer_ids)(judge.processor.tokenizer)
         out = np.empty(len(queries), dtype=np.float32)
@@ -144,13 +143,14 @@ class VLMReranker:
             out[start:stop] = self._batch(judge, fmt, rows, queries[start:stop], candidates[start:stop])
         return out
 
-    def judge(self, index: Optional["Index"] = None):
-        """The loaded judge model (an encoder exposing .model, .processor, .backbone)."""
+    def judge(self, encoder: Any = None):
+        """The loaded judge model (an encoder exposing .model, .processor, .backbone):
+        this reranker's model, else `encoder` (in a search, the index's own)."""
         if self.model is None:  # the index's own model (each index loads and keeps its encoder)
-            if index is None:
+            if encoder is None:
                 raise InputError("VLMReranker(model=None) judges with an index's encoder; "
                                  "pass model=... to use it on its own")
-            return self._check(_check_judge(index.encoder))
+            return self._check(_check_judge(encoder))
         if "judge" not in self._loaded:
             with self._lock:
                 if "judge" not in self._loaded:
