@@ -466,6 +466,39 @@ def test_sharpen_attention_errors(built, tmp_path):
         testing.sharpen_attention(tmp_path / "missing")
 
 
+# ----------------------------------------------------------------------------- layering
+
+
+def _imported_modules(path: pathlib.Path, root: pathlib.Path):
+    """Every module an import statement in `path` names (relative and function-level ones too)."""
+    import ast
+
+    package = list(path.relative_to(root.parent).with_suffix("").parts)[:-1]  # a module's or __init__'s package
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package[: len(package) - node.level + 1]
+                base = ".".join(parts + ([node.module] if node.module else []))
+            yield base
+            yield from (f"{base}.{alias.name}" for alias in node.names)
+
+
+def test_library_code_never_imports_testing():
+    import mmsearch
+
+    root = pathlib.Path(mmsearch.__file__).parent
+    offenders = sorted(
+        str(path.relative_to(root.parent))
+        for path in root.rglob("*.py")
+        if path != root / "testing.py"
+        and any(m == "mmsearch.testing" or m.startswith("mmsearch.testing.") for m in _imported_modules(path, root))
+    )
+    assert offenders == []
+
+
 # ----------------------------------------------------------------------------- errors
 
 

@@ -315,6 +315,25 @@ def test_scratch_model_trains_and_loads(tmp_path, data_dir):
     assert enc.encode(["A red picture."]).shape == (1, 32)
 
 
+def test_scratch_sizes_are_defined_once_and_default_to_the_shipped_model():
+    from mmsearch.models import QwenSize
+
+    assert issubclass(ScratchSettings, QwenSize)  # the sizes and their defaults: one definition
+    shipped = Path(mmsearch.__file__).parent / "models" / "tiny"
+    config = json.loads((shipped / "config.json").read_text())
+    text, vision, s = config["text_config"], config["vision_config"], ScratchSettings()
+    assert (text["hidden_size"], text["num_hidden_layers"], text["num_attention_heads"], text["num_key_value_heads"],
+            text["intermediate_size"], text["vocab_size"]) == (s.hidden, s.layers, s.heads, s.kv_heads, s.ffn,
+                                                                s.vocab_size)
+    assert (vision["embed_dim"], vision["depth"], vision["num_heads"]) == (s.vision_embed, s.vision_depth,
+                                                                           s.vision_heads)
+    assert json.loads((shipped / "preprocessor_config.json").read_text())["max_pixels"] == s.image_size ** 2
+    with pytest.raises(InputError, match="hidden must be divisible by heads"):
+        ScratchSettings(hidden=100)
+    with pytest.raises(InputError, match="vocab_size=0"):
+        ScratchSettings(vocab_size=0)
+
+
 def test_vocab_data_trains_the_scratch_tokenizer_on_more_tables(tmp_path, data_dir):
     # a word only the extra table uses becomes one token; without the table it stays split
     extra = _write_jsonl(tmp_path / "later.jsonl", [{"qry": "zorblax " * 20, "pos_text": "zorblax"}] * 30)
@@ -521,9 +540,9 @@ def test_distillation_settings_are_checked(tmp_path, tiny_dir, data_dir):
         with pytest.raises(InputError, match=match):
             TrainSettings(**{**ok, **bad})
     assert TrainSettings(**ok, distill_from="t", distill_data=("./a.jsonl",)).distill_data == ("./a.jsonl",)
-    from mmsearch.testing import QwenSize, build_tiny_model
+    from mmsearch.testing import TEST_SIZE, build_tiny_model
 
-    wide = build_tiny_model("qwen2_vl", tmp_path / "wide", size=QwenSize(hidden=96, ffn=192))
+    wide = build_tiny_model("qwen2_vl", tmp_path / "wide", size=dataclasses.replace(TEST_SIZE, hidden=96, ffn=192))
     s = _settings(tmp_path, tiny_dir("qwen2_vl"), data=data_dir / "t2i.jsonl", distill_from=str(wide))
     with pytest.raises(InputError, match="embeds in 96 dimensions, the model being trained in 64"):
         Trainer(s)

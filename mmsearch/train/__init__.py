@@ -10,6 +10,15 @@ Modules: `data` (MMEB-train tables), `batches` (data order, batches), `loss`
 from-scratch starting checkpoints), `trainer` (the loop).
 """
 from .settings import LoraSettings, MiningSettings, ScratchSettings, TrainSettings
-from .trainer import TrainResult, train
+
+
+def __getattr__(name: str):
+    """The trainer (torch) loads on first use: the CLI reads the settings' defaults without it."""
+    if name in ("TrainResult", "train"):
+        from . import trainer
+
+        return getattr(trainer, name)
+    raise AttributeError(f"module 'mmsearch.train' has no attribute {name!r}")
+
 
 __all__ = ["LoraSettings", "MiningSettings", "ScratchSettings", "TrainResult", "TrainSettings", "train"]

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple, Union
 
 from ..errors import InputError
+from ..images import DEFAULT_MAX_PIXELS
+from ..models.scratch import QwenSize
 
 # LoRA on the language model's attention and MLP projections only. Qwen2.5-VL's
 # vision MLP reuses gate/up/down_proj, hence the explicit exclusion of "visual".
@@ -85,27 +87,17 @@ class MiningSettings:
 
 
 @dataclass(frozen=True)
-class ScratchSettings:
-    """A Qwen2-VL built from scratch: sizes (see `mmsearch.testing.QwenSize`) and a
-    byte-level BPE of `vocab_size` tokens trained on the training texts."""
+class ScratchSettings(QwenSize):
+    """A Qwen2-VL built from scratch: its sizes (`QwenSize`'s fields and defaults, mmsearch-tiny's)
+    and a byte-level BPE of `vocab_size` tokens trained on the training texts."""
 
-    hidden: int = 192
-    layers: int = 3
-    heads: int = 6
-    kv_heads: int = 2
-    ffn: int = 512
-    vision_embed: int = 128
-    vision_depth: int = 3
-    vision_heads: int = 2
     vocab_size: int = 900
     image_size: int = 112   # max side: Qwen's max_pixels = image_size ** 2
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            _positive_int(f.name, getattr(self, f.name))
-        if self.hidden % self.heads or self.heads % self.kv_heads:
-            raise InputError(f"hidden={self.hidden}, heads={self.heads}, kv_heads={self.kv_heads}: hidden must be "
-                             f"divisible by heads and heads by kv_heads")
+        super().__post_init__()
+        _positive_int("vocab_size", self.vocab_size)
+        _positive_int("image_size", self.image_size)
         if self.vocab_size < 257:
             raise InputError(f"vocab_size={self.vocab_size}: a byte-level BPE needs at least 257")
 
@@ -151,7 +143,7 @@ class TrainSettings:
     resume: bool = False
     log_every: int = 10
     show_progress: bool = False
-    max_image_pixels: Optional[int] = 89_478_485
+    max_image_pixels: Optional[int] = DEFAULT_MAX_PIXELS
     image_cache_mb: int = 512             # decoded training images kept in memory
 
     def __post_init__(self) -> None:
