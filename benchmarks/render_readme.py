@@ -112,6 +112,11 @@ def main():
         parts.append(overhead_section(load("search_overhead")))
     if load("index_pipeline"):
         parts.append(pipeline_section(load("index_pipeline"), load("encode_speed")))
+    if load("import_time"):
+        it = load("import_time")
+        loads = ", ".join(it["loads"]) if it["loads"] else "no torch, transformers, faiss, pyarrow, indexer or query"
+        parts.append(f"**Import**: `import mmsearch` takes {it['milliseconds']} ms (`python -X importtime`, "
+                     f"`benchmarks/import_time.py`) and loads {loads}: the front door is lazy.")
     if load("family_speed"):
         parts.append(family_speed_section(load("family_speed")))
     if load("train_speed"):

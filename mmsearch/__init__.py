@@ -2,13 +2,25 @@
 
 The public API (DESIGN.md §2). Everything else is reachable through the
 subpackages but is not part of the contract.
+
+The front door is lazy (PEP 562): `import mmsearch` loads the types and errors
+only; torch, transformers, faiss, the indexer and the query engine load when a
+name that needs them is first used.
 """
+from ._lazy import lazy_attributes
 from ._version import __version__
-from .encoders import load_encoder
 from .errors import ImageError, MMSearchError
-from .indexer.build import build_index
-from .query import Hit, Index, open_index, search
 from .types import Item, Query
+
+# public name -> the module that defines it (imported on first use)
+_LAZY = {
+    "Hit": "mmsearch.query",
+    "Index": "mmsearch.query",
+    "build_index": "mmsearch.indexer.build",
+    "load_encoder": "mmsearch.encoders",
+    "open_index": "mmsearch.query",
+    "search": "mmsearch.query",
+}
 
 __all__ = [
     "Hit",
@@ -23,3 +35,6 @@ __all__ = [
     "open_index",
     "search",
 ]
+
+
+__getattr__, __dir__ = lazy_attributes(globals(), _LAZY)

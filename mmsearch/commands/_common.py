@@ -23,6 +23,13 @@ def print_table(headers: Sequence[str], rows: Iterable[Sequence], widths: Sequen
         print(fmt.format(*(clip(v, w) for v, w in zip(row, widths))).rstrip())
 
 
+def defaults(settings_cls) -> dict:
+    """A settings dataclass's field defaults: the CLI shows and uses these, never a copy."""
+    import dataclasses
+
+    return {f.name: f.default for f in dataclasses.fields(settings_cls) if f.default is not dataclasses.MISSING}
+
+
 def add_family_arg(p, dim: bool = False) -> None:
     """--family (and --dim): how a checkpoint's outputs become vectors."""
     from ..encoders.recipes import FAMILIES
@@ -33,11 +40,14 @@ def add_family_arg(p, dim: bool = False) -> None:
     if dim:
         p.add_argument("--dim", type=int, default=None,
                        help="truncate vectors to this Matryoshka size and re-normalise (families that list sizes)")
+        p.add_argument("--adapter", default=None,
+                       help="the family's task adapter, e.g. jina-v4's retrieval (default), text-matching or code")
 
 
 def encoder_options(args) -> dict:
-    """load_encoder keyword arguments from --family/--dim."""
-    return {k: getattr(args, k, None) for k in ("family", "dim") if getattr(args, k, None) is not None}
+    """load_encoder keyword arguments from --family/--dim/--adapter."""
+    keys = ("family", "dim", "adapter")
+    return {k: getattr(args, k, None) for k in keys if getattr(args, k, None) is not None}
 
 
 def add_model_args(p) -> None:

@@ -4,7 +4,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ._common import add_family_arg, encoder_options, print_json
+from ..index_format import QUERY_BANK_FILE, QUERY_BANK_INFO_FILE, errors_path
+from ..indexer.settings import BuildSettings
+from ._common import add_family_arg, defaults, encoder_options, print_json
+
+BUILD = defaults(BuildSettings)
 
 QUERIES_FILE_HELP = ("a text file with one query per line, JSONL with a \"text\" or \"query\" field (and an "
                      "optional \"image\" path), or a .npy of precomputed embeddings")
@@ -49,25 +53,25 @@ def _run_options(p) -> None:
     p.add_argument("--text-column", default=None, help="manifest column with text (default: text)")
     p.add_argument("--image-column", default=None, help="manifest column with image paths or bytes (default: image)")
     p.add_argument("--dpi", type=int, default=None, help="PDF page render resolution (default: 144)")
-    p.add_argument("--device", default="auto", help="auto (GPU with bf16 when present), cpu, cuda")
-    p.add_argument("--dtype", default="auto")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--workers", type=int, default=2, help="decode worker threads")
+    p.add_argument("--device", default=BUILD["device"], help="auto (GPU with bf16 when present), cpu, cuda")
+    p.add_argument("--dtype", default=BUILD["dtype"], help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32")
+    p.add_argument("--batch-size", type=int, default=BUILD["batch_size"], help="inputs per forward pass")
+    p.add_argument("--workers", type=int, default=BUILD["workers"], help="decode worker threads (default: %(default)s)")
     p.add_argument("--max-errors", default=None,
                    help="fail (exit 1) when more items are rejected: a count (100) or a fraction (0.01, 1%%)")
-    p.add_argument("--max-image-pixels", type=int, default=89_478_485,
+    p.add_argument("--max-image-pixels", type=int, default=BUILD["max_image_pixels"],
                    help="reject images with more pixels (decompression bombs); 0 = no limit")
     p.add_argument("--no-vectors", action="store_true", help="don't keep float16 vectors per shard")
     p.add_argument("--no-thumbnails", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
     r = p.add_argument_group("distributed (Ray)", "run the same stages on a Ray cluster; see docs/ray.md")
-    r.add_argument("--engine", choices=("local", "ray"), default="local",
+    r.add_argument("--engine", choices=("local", "ray"), default=BUILD["engine"],
                    help="local: threads in this process; ray: Ray Data tasks and encoder actors")
     r.add_argument("--ray-address", default=None,
                    help="with --engine ray: auto or HOST:PORT of a running cluster; unset: $RAY_ADDRESS, a cluster "
                         "started here with `ray start`, else a new local one")
-    r.add_argument("--partition-size", type=int, default=10_000,
+    r.add_argument("--partition-size", type=int, default=BUILD["partition_size"],
                    help="records per partition (the unit of work, retry and resume; shards never span two)")
     r.add_argument("--ray-actors", type=int, default=None,
                    help="encoder actors; unset: one per GPU, else half the CPUs")
@@ -85,15 +89,15 @@ def _build_parser(isub) -> None:
     g = b.add_mutually_exclusive_group()
     g.add_argument("--task", default=None, help="use this task's candidate instruction (see `mmsearch tasks`)")
     g.add_argument("--instruction", default=None, help="candidate instruction for every item")
-    b.add_argument("--index", default="auto", help="auto, or a faiss index_factory string (e.g. HNSW32, "
+    b.add_argument("--index", default=BUILD["index"], help="auto, or a faiss index_factory string (e.g. HNSW32, "
                                                    "IVF1024,PQ192x4fs,RFlat)")
     b.add_argument("--memory-budget", default=None, help="memory for the index at search time, e.g. 8G (default 4G); "
                         "auto keeps its refine vectors as float32, float16 or 8-bit codes to fit it")
-    b.add_argument("--shard-size", type=int, default=100_000)
+    b.add_argument("--shard-size", type=int, default=BUILD["shard_size"], help="rows per shard (default: %(default)s)")
     b.add_argument("--fresh", action="store_true", help="discard an existing index in --out and start over")
     b.add_argument("--query-bank", default=None, metavar="FILE",
                    help="typical queries for hubness reranking (" + QUERIES_FILE_HELP + "), embedded with --task's "
-                        "query instruction (none with --instruction) and stored as INDEX/query_bank.npy")
+                        f"query instruction (none with --instruction) and stored as INDEX/{QUERY_BANK_FILE}")
     b.set_defaults(handler=run_build)
 
 
@@ -109,7 +113,7 @@ def _add_parser(isub) -> None:
 def _query_bank_parser(isub) -> None:
     q = isub.add_parser("query-bank", help="(re)write the query bank hubness reranking normalises against",
                         description="Embed typical queries with the index's model and a query instruction and "
-                                    "store them as INDEX/query_bank.npy (with query_bank.json saying how). "
+                                    f"store them as INDEX/{QUERY_BANK_FILE} (with {QUERY_BANK_INFO_FILE} saying how). "
                                     "Searches with rerank=hubness then use it.")
     q.add_argument("index")
     q.add_argument("--queries", required=True, metavar="FILE", help=QUERIES_FILE_HELP)
@@ -147,7 +151,7 @@ def _report(result, args) -> int:
               f"{s.get('items_per_second', 0)} items/s, pipeline efficiency {s.get('pipeline_efficiency', 0)}",
               file=sys.stderr)
         if result.rejected:
-            print(f"rejections: {Path(result.path) / 'errors.jsonl'}", file=sys.stderr)
+            print(f"rejections: {errors_path(result.path)}", file=sys.stderr)
     return 0
 
 

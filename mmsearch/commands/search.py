@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..index_format import MANIFEST_FILE
 from ._common import print_json, print_table
 
 EXAMPLES = """examples:
@@ -23,7 +24,7 @@ def register(sub) -> None:
                     "given by --instruction), search every shard, filter, optionally rerank, and print "
                     "the hits as a table or JSON.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("index", help="index directory (holding manifest.json)")
+    p.add_argument("index", help=f"index directory (holding {MANIFEST_FILE})")
     p.add_argument("--text", default=None, help="query text")
     p.add_argument("--image", default=None, help="query image file (with --text: a composed query)")
     g = p.add_mutually_exclusive_group()

@@ -17,13 +17,15 @@ KEY_ENV = "MMSEARCH_API_KEY"
 
 
 def register(sub) -> None:
+    from ..index_format import MANIFEST_FILE
+
     p = sub.add_parser(
         "serve", help="serve an index over HTTP: JSON API and web UI",
         description="Serve one index read-only: POST /search, GET /items/{id}, /items/{id}/thumbnail, /info, "
                     "/tasks, /healthz, the API docs at /docs and a web UI at /. Binds to 127.0.0.1; any other "
                     "address needs an API key (--api-key or $MMSEARCH_API_KEY).",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("index", help="index directory (holding manifest.json)")
+    p.add_argument("index", help=f"index directory (holding {MANIFEST_FILE})")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--api-key", default=None,
@@ -62,6 +64,7 @@ def limits_from(args):
 
 def config_from(args):
     from ..errors import InputError
+    from ..index_format import require_index
     from ..server import ServeConfig, check_bind, is_loopback
     from ..server.app import LOCAL_HOSTS
     from ..server.settings import check_api_key
@@ -72,9 +75,7 @@ def config_from(args):
         raise InputError(f"--workers {args.workers}: expected an int >= 1")
     key = check_api_key(args.api_key if args.api_key is not None else (os.environ.get(KEY_ENV) or None))
     check_bind(args.host, key)
-    if not os.path.isfile(os.path.join(args.index, "manifest.json")):
-        raise InputError(f"{args.index} is not an mmsearch index (no manifest.json); build one with "
-                         f"`mmsearch index build`")
+    require_index(args.index, "build one with `mmsearch index build`")
     # a local server without a key answers only local Host names (no DNS rebinding)
     hosts = LOCAL_HOSTS if key is None and is_loopback(args.host) else None
     return ServeConfig(index=args.index, api_key=key, limits=limits_from(args), model=args.model,

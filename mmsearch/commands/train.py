@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import sys
 
-from ._common import add_family_arg, print_json
+from ..train.settings import LoraSettings, MiningSettings, ScratchSettings, TrainSettings
+from ._common import add_family_arg, defaults, print_json
+
+TRAIN, LORA, MINING, SCRATCH = (defaults(c) for c in (TrainSettings, LoraSettings, MiningSettings, ScratchSettings))
 
 EPILOG = """examples:
   mmsearch train --data train.parquet --model Qwen/Qwen2-VL-2B-Instruct --lora --out run1
@@ -45,19 +48,19 @@ def _model_args(p) -> None:
     src.add_argument("--scratch", nargs="?", const="", metavar="SIZES",
                      help="a new Qwen2-VL, e.g. hidden=192,layers=3,heads=6,kv_heads=2,ffn=512,vision_embed=128,"
                           "vision_depth=3 (the default sizes)")
-    g.add_argument("--vocab-size", type=int, default=900,
+    g.add_argument("--vocab-size", type=int, default=SCRATCH["vocab_size"],
                    help="--scratch: BPE vocabulary trained on the data (default: %(default)s)")
     g.add_argument("--vocab-data", nargs="+", default=(), metavar="TABLE",
                    help="--scratch: more MMEB-train tables whose texts also train the BPE, e.g. a later "
                         "stage's data, so one tokenizer covers every stage")
-    g.add_argument("--scratch-image-size", type=int, default=112,
+    g.add_argument("--scratch-image-size", type=int, default=SCRATCH["image_size"],
                    help="--scratch: largest image side (pixels) (default: %(default)s)")
     g.add_argument("--init-from-config", action="store_true", help="--model's architecture with random weights")
     g.add_argument("--lora", action="store_true", help="train a LoRA adapter; unset: full fine-tuning")
-    g.add_argument("--lora-rank", type=int, default=8, help="LoRA rank r (default: %(default)s)")
-    g.add_argument("--lora-alpha", type=float, default=16,
+    g.add_argument("--lora-rank", type=int, default=LORA["rank"], help="LoRA rank r (default: %(default)s)")
+    g.add_argument("--lora-alpha", type=float, default=LORA["alpha"],
                    help="LoRA scaling alpha (the update is alpha/r) (default: %(default)s)")
-    g.add_argument("--lora-dropout", type=float, default=0.05, help="dropout on the LoRA input (default: %(default)s)")
+    g.add_argument("--lora-dropout", type=float, default=LORA["dropout"], help="dropout on the LoRA input (default: %(default)s)")
     g.add_argument("--dora", action="store_true", help="weight-decomposed LoRA (DoRA)")
     g.add_argument("--lora-targets", default=None,
                    help="regex over module names, or a comma-separated list; unset: the language model's "
@@ -70,26 +73,26 @@ def _model_args(p) -> None:
 
 def _optim_args(p) -> None:
     g = p.add_argument_group("optimisation")
-    g.add_argument("--batch-size", type=int, default=64, help="queries per contrastive batch (default: %(default)s)")
+    g.add_argument("--batch-size", type=int, default=TRAIN["batch_size"], help="queries per contrastive batch (default: %(default)s)")
     g.add_argument("--chunk-size", type=int, default=None, help="GradCache sub-batch size; unset: no GradCache")
-    g.add_argument("--grad-accum", type=int, default=1,
+    g.add_argument("--grad-accum", type=int, default=TRAIN["grad_accum"],
                    help="contrastive batches per optimizer step (default: %(default)s)")
     g.add_argument("--max-steps", type=int, default=None, help="optimizer steps; unset: --epochs passes over the data")
-    g.add_argument("--epochs", type=float, default=1.0,
+    g.add_argument("--epochs", type=float, default=TRAIN["epochs"],
                    help="passes over the data when --max-steps is unset (default: %(default)s)")
     g.add_argument("--lr", type=float, default=None,
                    help="peak learning rate (AdamW); unset: 2e-5 to fine-tune, 5e-4 for --scratch/--init-from-config")
-    g.add_argument("--weight-decay", type=float, default=0.0,
+    g.add_argument("--weight-decay", type=float, default=TRAIN["weight_decay"],
                    help="AdamW weight decay of weight matrices (default: %(default)s)")
-    g.add_argument("--warmup", type=float, default=0.04,
+    g.add_argument("--warmup", type=float, default=TRAIN["warmup"],
                    help="a fraction of the steps (< 1) or a step count (default: %(default)s)")
-    g.add_argument("--schedule", choices=("cosine", "linear", "constant"), default="cosine",
+    g.add_argument("--schedule", choices=("cosine", "linear", "constant"), default=TRAIN["schedule"],
                    help="decay after warmup (default: %(default)s)")
-    g.add_argument("--max-grad-norm", type=float, default=1.0, help="0 disables clipping (default: %(default)s)")
-    g.add_argument("--objective", choices=("contrastive", "generate"), default="contrastive",
+    g.add_argument("--max-grad-norm", type=float, default=TRAIN["max_grad_norm"], help="0 disables clipping (default: %(default)s)")
+    g.add_argument("--objective", choices=("contrastive", "generate"), default=TRAIN["objective"],
                    help="contrastive: InfoNCE; generate: next-token prediction of the positive's text given the "
                         "query (e.g. page image -> its title, a reading stage) (default: %(default)s)")
-    g.add_argument("--temperature", type=float, default=0.02,
+    g.add_argument("--temperature", type=float, default=TRAIN["temperature"],
                    help="InfoNCE temperature (initial value if learnt) (default: %(default)s)")
     g.add_argument("--learn-temperature", action="store_true", help="learn it (log-parameterised)")
 
@@ -106,33 +109,33 @@ def _negative_args(p) -> None:
                         "skill learnt before is not forgotten")
     g.add_argument("--distill-data", nargs="+", default=[], metavar="TABLE",
                    help="the --data tables to distil (default: all)")
-    g.add_argument("--distill-weight", type=float, default=1.0,
+    g.add_argument("--distill-weight", type=float, default=TRAIN["distill_weight"],
                    help="weight of the distillation term (default: %(default)s)")
     g.add_argument("--mine-negatives", default=None, metavar="INDEX_OR_AUTO",
                    help="'auto' (index the data's candidates) or an mmsearch index of the candidates")
-    g.add_argument("--mine-every", type=int, default=0,
+    g.add_argument("--mine-every", type=int, default=MINING["every"],
                    help="re-mine every N steps (0: once, at the start) (default: %(default)s)")
-    g.add_argument("--mine-k", type=int, default=10,
+    g.add_argument("--mine-k", type=int, default=MINING["k"],
                    help="best non-positive hits kept per query (default: %(default)s)")
-    g.add_argument("--mine-per-query", type=int, default=1,
+    g.add_argument("--mine-per-query", type=int, default=MINING["per_query"],
                    help="mined negatives drawn per query and step (default: %(default)s)")
 
 
 def _run_args(p) -> None:
     g = p.add_argument_group("run")
-    g.add_argument("--seed", type=int, default=0,
+    g.add_argument("--seed", type=int, default=TRAIN["seed"],
                    help="seeds weights (LoRA, scratch), data order, dropout (default: %(default)s)")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: %(default)s)")
+    g.add_argument("--device", default=TRAIN["device"], help="auto, cpu, cuda, cuda:N (default: %(default)s)")
     g.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads; unset: torch's default (1 is fastest for tiny models on a busy machine)")
-    g.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+    g.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=TRAIN["precision"],
                    help="auto: bf16 autocast on GPU, fp32 on CPU (default: %(default)s)")
-    g.add_argument("--save-every", type=int, default=0,
+    g.add_argument("--save-every", type=int, default=TRAIN["save_every"],
                    help="resumable checkpoint every N steps (default: %(default)s)")
-    g.add_argument("--keep-checkpoints", type=int, default=2,
+    g.add_argument("--keep-checkpoints", type=int, default=TRAIN["keep_checkpoints"],
                    help="most recent checkpoints kept (default: %(default)s)")
     g.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
-    g.add_argument("--log-every", type=int, default=10,
+    g.add_argument("--log-every", type=int, default=TRAIN["log_every"],
                    help="log loss / lr / throughput every N steps (default: %(default)s)")
     g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     g.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
