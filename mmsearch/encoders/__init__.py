@@ -4,7 +4,7 @@ from .base import Encoder, Request
 from .factory import SUPPORTED, load_encoder
 from .formatting import image_token
 from .loading import BUILTIN_MODELS
-from .recipes import FAMILIES, Recipe, format_input
+from .recipes import FAMILIES, VISION_SLOT, Recipe, format_input
 
-__all__ = ["BUILTIN_MODELS", "Encoder", "FAMILIES", "Recipe", "Request", "SUPPORTED", "format_input", "image_token",
-           "load_encoder"]
+__all__ = ["BUILTIN_MODELS", "Encoder", "FAMILIES", "Recipe", "Request", "SUPPORTED", "VISION_SLOT", "format_input",
+           "image_token", "load_encoder"]

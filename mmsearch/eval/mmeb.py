@@ -25,6 +25,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..encoders.base import Request
+from ..datasets.specs import IMAGE_TOKEN as MMEB_IMAGE_TOKEN
 from ..encoders.formatting import IMAGE_TOKENS
 
 # families whose input string is VLM2Vec's (dual encoders strip the image token)
@@ -32,7 +33,7 @@ VERBATIM_FAMILIES = ("vlm2vec", "mmsearch", "clip", "siglip")
 from ..errors import ImageError, InputError
 from ..images import load_image
 
-PHI_TOKEN = "<|image_1|>"
+PHI_TOKEN = MMEB_IMAGE_TOKEN  # MMEB writes Phi-3.5-V's image token
 TABLE_NAMES = ("test.parquet", "test.jsonl")
 META_TASKS = ("classification", "vqa", "retrieval", "grounding")
 

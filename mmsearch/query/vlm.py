@@ -36,7 +36,7 @@ from typing import Any, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from mmsearch.encoders import load_encoder
+from mmsearch.encoders import VISION_SLOT, image_token, load_encoder
 from mmsearch.encoders.pooling import last_token_pool
 from mmsearch.errors import InputError
 from mmsearch.images import load_image, smart_resize
@@ -47,9 +47,9 @@ from .rerank_context import RerankContext, check_depth, rerank_depth, sort_resul
 FORMATS = ("auto", "yesno", "qwen3_reranker")
 DEFAULT_QUESTION = "Does the candidate match the query? Answer Yes or No."
 JUDGE_BACKBONES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava_next")
-_QWEN_SLOT = "<|vision_start|><|image_pad|><|vision_end|>"
 _QWEN_CHAT = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
-_IMAGE_SLOT = {"qwen2_vl": _QWEN_SLOT, "qwen2_5_vl": _QWEN_SLOT, "qwen3_vl": _QWEN_SLOT, "llava_next": "<image>\n"}
+_IMAGE_SLOT = {"qwen2_vl": VISION_SLOT, "qwen2_5_vl": VISION_SLOT, "qwen3_vl": VISION_SLOT,
+               "llava_next": image_token("llava_next") + "\n"}
 _CHAT = {"qwen2_vl": _QWEN_CHAT, "qwen2_5_vl": _QWEN_CHAT, "qwen3_vl": _QWEN_CHAT, "llava_next": "[INST] {} [/INST]"}
 
 # --- Qwen3-VL-Reranker (QwenLM/Qwen3-VL-Embedding, src/models/qwen3_vl_reranker.py) ---
@@ -279,7 +279,7 @@ def _qwen3_part(prefix: str, text: Optional[str], image: Optional[Image.Image], 
     "NULL" when there is neither."""
     if text is None and image is None:
         return prefix + "NULL"
-    return prefix + (_QWEN_SLOT if image is not None else "") + (text[:clip] if text is not None else "")
+    return prefix + (VISION_SLOT if image is not None else "") + (text[:clip] if text is not None else "")
 
 
 def _qwen3_image_sizer(judge):

@@ -28,11 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
+from ..encoders.formatting import IMAGE_TOKENS
 from ..errors import InputError
 
 COLUMNS = ("qry", "qry_image_path", "pos_text", "pos_image_path", "neg_text", "neg_image_path")
 REQUIRED = ("qry", "pos_text")
-IMAGE_PLACEHOLDER = re.compile(r"(<\|image_\d+\|>|<\|image_pad\|>|<image>)\s*")
+# MMEB's numbered placeholders (<|image_1|>, ...) and every backbone's own image token
+IMAGE_PLACEHOLDER = re.compile("(" + "|".join([r"<\|image_\d+\|>"] + sorted(map(re.escape, set(IMAGE_TOKENS.values()))))
+                               + r")\s*")
 TABLE_SUFFIXES = (".jsonl", ".parquet")
 
 
