@@ -6,7 +6,7 @@ One LMDB environment with named databases:
     cache   cache_key(...) (sha256)  -> embedding (float32 vector, with its dim)
     tomb    global row (int64, BE)   -> deletion time + item id
     thumbs  item id                  -> thumbnail bytes
-    meta    key (utf-8)              -> JSON value
+    meta    key (utf-8)              -> JSON value; b"\0removed\0" + id -> ids compacted away
 
 Tombstones are keyed by row, not by id: an item deleted, re-added (new row) and
 deleted again leaves both of its old rows dropped from results.
@@ -41,6 +41,7 @@ _TIME = struct.Struct("<d")
 _VEC_HEAD = struct.Struct("<BI")  # format version, dim
 _VEC_VERSION = 1
 _MAX_ID_BYTES = 480  # LMDB keys are limited to 511 bytes
+_REMOVED = b"\x00removed\x00"  # meta key prefix of an id removed by compaction
 T = TypeVar("T")
 
 
@@ -230,7 +231,8 @@ class Store:
             raws = [txn.get(_id_key(i), db=self._dbs["ids"]) for i in item_ids]
             unknown = [i for i, raw in zip(item_ids, raws) if raw is None]
             if unknown:
-                raise InputError(f"cannot delete {len(unknown)} ids not in the index, "
+                what = f"id {unknown[0]!r} is" if len(unknown) == 1 else f"{len(unknown)} ids are"
+                raise InputError(f"cannot delete: {what} not in the index (nothing was deleted), "
                                  f"e.g. {unknown[:5]}")
             stamp = _TIME.pack(time.time())
             return sum(txn.put(_ROW_KEY.pack(_ROW.unpack(raw)[0]), stamp + i.encode("utf-8"),
@@ -267,6 +269,36 @@ class Store:
         """Forget tombstones of rows that no longer exist (after compaction)."""
         keys = [_ROW_KEY.pack(int(r)) for r in rows]
         return self._write(lambda txn: sum(txn.delete(k, db=self._dbs["tomb"]) for k in keys))
+
+    # --- ids removed by compaction -------------------------------------------------------
+    # Kept in the meta database behind a NUL prefix (JSON meta keys never start with one), so
+    # that rerunning the build that made the index does not bring a compacted-away id back.
+
+    def mark_removed(self, item_ids: Iterable[str]) -> None:
+        """Remember that these ids were deleted and compacted away."""
+        items = sorted((_REMOVED + _id_key(i), b"1") for i in item_ids)
+        self._write(lambda txn: txn.cursor(db=self._dbs["meta"]).putmulti(items))
+
+    def is_removed(self, item_id: str) -> bool:
+        return self._read(lambda txn: txn.get(_REMOVED + _id_key(item_id), db=self._dbs["meta"])) is not None
+
+    def clear_removed(self, item_ids: Iterable[str]) -> int:
+        """Forget the removal of these ids (they were added again); returns how many were marked."""
+        keys = [_REMOVED + _id_key(i) for i in item_ids]
+        return self._write(lambda txn: sum(txn.delete(k, db=self._dbs["meta"]) for k in keys))
+
+    def removed_ids(self) -> list:
+        """Every id marked by `mark_removed` (and not added again since)."""
+        def read(txn: lmdb.Transaction) -> list:
+            cur, out = txn.cursor(db=self._dbs["meta"]), []
+            if cur.set_range(_REMOVED):
+                for key in cur.iternext(keys=True, values=False):
+                    if not key.startswith(_REMOVED):
+                        break
+                    if not key[len(_REMOVED):].startswith(b"\xff"):  # a long id is kept as its digest only
+                        out.append(key[len(_REMOVED):].decode("utf-8"))
+            return out
+        return self._read(read)
 
     # --- thumbnails and small metadata ---------------------------------------------------
 

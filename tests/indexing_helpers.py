@@ -51,3 +51,18 @@ def make_corpus(root: Path, n_valid: int = 40, seed: int = 0):
 
 def expected_rejections(reasons) -> int:
     return len(reasons) + 3  # + the row without id, the broken line, the non-UTF-8 line
+
+
+def live_ids(out) -> list:
+    """The ids an index holds, in row order, deleted ones left out."""
+    from mmsearch.index_format import open_shard_meta, read_manifest, store_path
+    from mmsearch.store import Store
+
+    with Store(store_path(out), readonly=True) as store:
+        dead = set(store.tombstoned_rows().tolist())
+    ids = []
+    for shard in read_manifest(out).shards:
+        for i, item_id in enumerate(open_shard_meta(out, shard).column("id").to_pylist()):
+            if shard.id_start + i not in dead:
+                ids.append(item_id)
+    return ids

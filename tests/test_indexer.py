@@ -56,7 +56,9 @@ def test_counts_reconcile_and_errors_name_items(built):
         assert bid in by_id, bid
         assert fragment in by_id[bid]["reason"].lower(), (bid, by_id[bid])
         assert "items.jsonl:" in by_id[bid]["source"]
-    assert sum(e["id"] is None for e in errors) == 3
+    # the non-UTF-8 line and the broken JSON line still name their ids; only the row without one has none
+    assert sum(e["id"] is None for e in errors) == 1
+    assert "latin1" in by_id and "\\xe9 at byte" in by_id["latin1"]["reason"] and "broken" in by_id
     stats = json.loads((out / "stats.json").read_text())
     assert stats["reconciled"] and set(stats["busy_seconds"]) == {"read", "decode", "encode", "write"}
     assert 0 < stats["pipeline_efficiency"] <= 1

@@ -6,20 +6,8 @@ import subprocess
 import sys
 import time
 
-from indexing_helpers import make_corpus
-from mmsearch.index_format import open_shard_meta, read_manifest, verify_index
-from mmsearch.store import Store
-
-
-def _live_ids(out):
-    with Store(out / "store.lmdb", readonly=True) as store:
-        dead = set(store.tombstoned_rows().tolist())
-    ids = []
-    for shard in read_manifest(out).shards:
-        for i, item_id in enumerate(open_shard_meta(out, shard).column("id").to_pylist()):
-            if shard.id_start + i not in dead:
-                ids.append(item_id)
-    return ids
+from indexing_helpers import live_ids, make_corpus
+from mmsearch.index_format import verify_index
 
 
 def test_kill_and_resume(tmp_path, tiny_dir):
@@ -41,7 +29,7 @@ def test_kill_and_resume(tmp_path, tiny_dir):
             assert verify_index(out) == []  # a reader never sees a torn shard or manifest
     final = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert final.returncode == 0, final.stderr
-    ids = _live_ids(out)
+    ids = live_ids(out)
     assert sorted(ids) == sorted(valid) and len(ids) == len(set(ids))
     assert verify_index(out) == []
     assert killed >= 1

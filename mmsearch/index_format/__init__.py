@@ -11,7 +11,8 @@ only through the names exported here:
     meta        the shard metadata table (meta.arrow)
     shards      writing, sweeping and opening shard folders
     verify      `verify_index`: every checksum, row count and id range
-    lock        the one-writer lock and --fresh's wipe
+    lock        the one-writer lock and --overwrite's wipe
+    job         the job record: the sources (with fingerprints) and settings that made an index
     query_bank  the query bank's vector file and its description
 
 Names load lazily (PEP 562): ``from mmsearch.index_format import MANIFEST_FILE`` reads
@@ -38,6 +39,7 @@ _EXPORTS = {
                "load_shard_vectors"),
     "verify": ("verify_index",),
     "lock": ("writer_lock", "wipe_index"),
+    "job": ("JOB_VERSION", "fingerprint_source", "job_record", "job_differences", "legacy_differences"),
     "query_bank": ("save_query_bank", "load_query_bank", "load_query_bank_info"),
 }
 _WHERE = {name: f"{__name__}.{module}" for module, names in _EXPORTS.items() for name in names}

@@ -41,7 +41,7 @@ LOCK_FILE = ".mmsearch.lock"
 TMP_MARK = ".tmp-"  # every temporary file or dir name contains it; remove_unlisted sweeps them
 RAY_STAGING_DIR = f"{TMP_MARK}ray-staging"  # the Ray engine's staged batches (temporary by name)
 
-# What an index consists of: `wipe_index` (--fresh) removes these and nothing else.
+# What an index consists of: `wipe_index` (--overwrite) removes these and nothing else.
 FORMAT_FILES = (MANIFEST_FILE, SHARDS_DIR, STORE_DIR, TRAINED_FILE, ERRORS_FILE, STATS_FILE,
                 QUERY_BANK_FILE, QUERY_BANK_INFO_FILE)
 

@@ -28,7 +28,7 @@ def writer_lock(index_dir: PathLike) -> Iterator[Path]:
 
 
 def wipe_index(index_dir: PathLike) -> None:
-    """--fresh: remove what an index consists of, nothing else the folder may hold.
+    """--overwrite: remove what an index consists of, nothing else the folder may hold.
     Call it while holding `writer_lock`."""
     out = Path(index_dir)
     for name in FORMAT_FILES:

@@ -150,6 +150,9 @@ class Manifest:
     next_row: int = 0
     extra: Mapping[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    # What made the index: sources with fingerprints and the settings that shape it
+    # (see .job); {} for an index written before job records.
+    job: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.format_version != FORMAT_VERSION:
@@ -164,6 +167,7 @@ class Manifest:
             raise IndexFormatError(f"instructions must map strings to strings, got {bad!r}")
         object.__setattr__(self, "instructions", frozen_map(self.instructions))
         object.__setattr__(self, "extra", frozen_map(self.extra))
+        object.__setattr__(self, "job", frozen_map(self.job))
         object.__setattr__(self, "shards", tuple(sorted(self.shards, key=lambda s: s.id_start)))
         self._check_shards()
 
@@ -182,11 +186,12 @@ class Manifest:
 
     @classmethod
     def create(cls, model: ModelInfo, faiss: FaissSpec, instructions: Union[str, Mapping[str, str]] = "",
-               metric: str = "inner_product", extra: Optional[Mapping[str, Any]] = None) -> "Manifest":
+               metric: str = "inner_product", extra: Optional[Mapping[str, Any]] = None,
+               job: Optional[Mapping[str, Any]] = None) -> "Manifest":
         """A new manifest with no shards; a plain string instruction becomes the default."""
         now = utc_now()
         return cls(model=model, faiss=faiss, created=now, updated=now, metric=metric,
-                   instructions=_instruction_map(instructions), extra=extra or {})
+                   instructions=_instruction_map(instructions), extra=extra or {}, job=job or {})
 
     def with_shard(self, shard: ShardInfo) -> "Manifest":
         """A copy with `shard` listed (commit it with `write_manifest`)."""
@@ -227,6 +232,7 @@ class Manifest:
             # derived, written for people and other tools; checked on read
             "totals": {"rows": self.total_rows, "shards": len(self.shards), "bytes": self.total_bytes},
             "extra": dict(self.extra),
+            **({"job": dict(self.job)} if self.job else {}),
         }
 
     @classmethod
@@ -245,7 +251,8 @@ class Manifest:
             faiss=FaissSpec.from_dict(get_field(d, "faiss", "manifest", Mapping)),
             shards=tuple(ShardInfo.from_dict(s) for s in shards),
             next_row=get_field(d, "next_row", "manifest", int),
-            extra=get_field(d, "extra", "manifest", Mapping, optional=True) or {})
+            extra=get_field(d, "extra", "manifest", Mapping, optional=True) or {},
+            job=get_field(d, "job", "manifest", Mapping, optional=True) or {})
         rows = manifest.total_rows
         totals = d.get("totals")
         if isinstance(totals, Mapping) and totals.get("rows", rows) != rows:

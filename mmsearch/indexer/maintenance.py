@@ -65,7 +65,9 @@ def compact(index_dir) -> dict:
         write_manifest(out, manifest)
         _resync(out, store, manifest, replaced)
         current = store.rows_for(list(dead_ids))
-        store.delete_ids([i for (i, row), now in zip(dead_ids.items(), current) if now == row])
+        gone_ids = [i for (i, row), now in zip(dead_ids.items(), current) if now == row]
+        store.delete_ids(gone_ids)
+        store.mark_removed(gone_ids)  # a rerun of the build that made the index must not bring them back
         store.clear_tombstone_rows(np.concatenate([np.arange(s.id_start, s.id_end) for s in replaced]))
         for shard in replaced:
             shutil.rmtree(shard_dir(out, shard), ignore_errors=True)

@@ -162,10 +162,12 @@ class RayEngine:
     def _known_ids(self) -> KnownIds:
         """The ids already indexed: decode tasks skip (or reject, or replace) them."""
         m = self.writer.manifest
-        if m is None or not m.shards:
+        if m is None:
             return KnownIds()
         shards = (open_shard_meta(self.out, s).column("id").to_pylist() for s in m.shards)
-        return KnownIds(itertools.chain.from_iterable(shards))
+        # a build (existing="skip") also skips ids compacted away: they come back only through `index add`
+        removed = self.store.removed_ids() if self.s.existing == "skip" else []
+        return KnownIds(itertools.chain(itertools.chain.from_iterable(shards), removed))
 
     def _cache_reader(self):
         """An actor serving cache lookups from the driver node, when the cache has entries."""

@@ -94,6 +94,22 @@ class BuildSettings:
         own = encoder.candidate_instructions() if hasattr(encoder, "candidate_instructions") else None
         return dict(own) if own is not None else dict(DEFAULT_INSTRUCTIONS)
 
+    def job_settings(self) -> dict:
+        """The settings that shape an index's rows and files, as its job record keeps them:
+        a build with other values is another job. (The model, the candidate instructions
+        and the faiss spec are recorded and checked by the manifest itself; run options
+        such as batch_size, workers or max_image_pixels, a guard, are not part of a job.)"""
+        import json
+
+        options = json.loads(json.dumps(dict(self.source_options), sort_keys=True, default=str))
+        return {"shard_size": self.shard_size, "store_vectors": self.store_vectors, "source_kind": self.source_kind,
+                "source_options": options}
+
+    def requested(self) -> dict:
+        """What the run asked for where None or "auto" means "the index's own" on a resume."""
+        return {"model": self.model, "family": self.family, "dim": self.dim, "adapter": self.adapter,
+                "task": self.task, "instruction": self.instruction, "index": self.index}
+
     def error_limit(self, items_read: int) -> Optional[float]:
         if self.max_errors is None:
             return None

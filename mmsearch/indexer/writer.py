@@ -86,7 +86,8 @@ def write_rows(index_dir, manifest: Manifest, number: int, first_row: int, meta,
 
 
 def start_manifest(index_dir, model: ModelInfo, instructions: dict, plan: planner.Plan,
-                   sample: Optional[np.ndarray], recall_target: float, extra: dict):
+                   sample: Optional[np.ndarray], recall_target: float, extra: dict,
+                   job: Optional[dict] = None):
     """Train once (when the spec needs it) on `sample`, then create and commit the
     manifest; returns (manifest, tuning)."""
     spec, tuning = FaissSpec(plan.factory), {}
@@ -99,7 +100,7 @@ def start_manifest(index_dir, model: ModelInfo, instructions: dict, plan: planne
         tuning = planner.tune(template, plan.factory, sample, recall_target)
         params = {k: v for k, v in tuning.items() if k in ("nprobe", "k_factor")}
         spec = write_trained_template(index_dir, template, plan.factory, params)
-    manifest = Manifest.create(model, spec, instructions, extra=extra)
+    manifest = Manifest.create(model, spec, instructions, extra=extra, job=job)
     write_manifest(index_dir, manifest)
     return manifest, tuning
 
@@ -107,7 +108,8 @@ def start_manifest(index_dir, model: ModelInfo, instructions: dict, plan: planne
 class ShardWriter:
     def __init__(self, index_dir, store: Store, model: ModelInfo, instructions: dict, plan: planner.Plan, *,
                  shard_size: int, store_vectors: bool, train_size: int, recall_target: float,
-                 extra: dict, manifest: Optional[Manifest] = None, on_commit: Optional[Callable] = None):
+                 extra: dict, manifest: Optional[Manifest] = None, on_commit: Optional[Callable] = None,
+                 job: Optional[dict] = None):
         self.index_dir = index_dir
         self.store = store
         self.model = model
@@ -118,6 +120,7 @@ class ShardWriter:
         self.train_size = train_size
         self.recall_target = recall_target
         self.extra = extra
+        self.job = job  # recorded in the manifest this writer creates (see index_format.job)
         self.manifest = manifest
         self.on_commit = on_commit
         self.pending = Pending()
@@ -153,7 +156,7 @@ class ShardWriter:
     def start(self, sample: Optional[np.ndarray]) -> None:
         """Create the manifest, training the index on `sample` first when the spec needs it."""
         self.manifest, self.tuning = start_manifest(self.index_dir, self.model, self.instructions, self.plan,
-                                                    sample, self.recall_target, self.extra)
+                                                    sample, self.recall_target, self.extra, job=self.job)
         self.tuned_rows = 0 if sample is None else len(sample)
 
     def _commit(self, items: List[Prepared], vectors: np.ndarray) -> None:
@@ -199,6 +202,7 @@ def sync_store(store: Store, item_ids: List[str], rows: np.ndarray, next_row: in
     if replaced:
         store.add_tombstones(replaced)
     store.put_ids(dict(zip(item_ids, (int(r) for r in rows))))
+    store.clear_removed(item_ids)  # an id compacted away and added again is live again
     store.set_meta(SYNCED_KEY, int(next_row))
 
 

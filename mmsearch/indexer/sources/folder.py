@@ -108,7 +108,7 @@ class FolderSource:
             text = _caption(stem + ".txt") if base + ".txt" in siblings else None
             metadata = _sidecar_json(stem + ".json") if base + ".json" in siblings else {}
         except Rejected as exc:
-            return reject(where, str(exc))
+            return reject(where, str(exc), rel)
         return Record(Item(id=rel, text=text, image=os.path.abspath(full), metadata=metadata), where)
 
 

@@ -20,7 +20,7 @@ from typing import Any, Iterator, Optional, Sequence
 from mmsearch.errors import InputError
 
 from .base import Record, Rejected, clean_id, clean_text, display, make_item, reject, resolve_path, type_name
-from .lines import DecodedLines, json_objects
+from .lines import DecodedLines, clean_salvaged_id, json_objects, salvage_id, show_salvaged
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,29 @@ class _Manifest:
         except Rejected as exc:
             return reject(where, str(exc), item_id)
 
+    def _rejected_line(self, where: str, error: str, default_id: Optional[str]) -> Record:
+        """A line that could not be read as a row, with the best id that can be read from it."""
+        if self.id_column is None:
+            return reject(where, error, default_id)
+        item_id, note = salvage_id(error, self.id_column)
+        return reject(where, error if note is None else f"{error}; {note}", item_id)
+
+    def _salvage_fields(self, header: Optional[list], fields: Optional[list], default_id: str):
+        """(id, note) of a rejected CSV row: its id column when the row's fields can be
+        trusted to line up with the header (as many fields, or the id is the first column)."""
+        if self.id_column is None:
+            return default_id, None
+        if not header or not fields or self.id_column not in header:
+            return None, None
+        at = header.index(self.id_column)
+        if at >= len(fields) or (len(fields) != len(header) and at != 0):
+            return None, None
+        value = fields[at]
+        item_id = clean_salvaged_id(value)
+        if item_id is None and value:
+            return None, f"its {self.id_column!r} field reads {show_salvaged(value)}"
+        return item_id, None
+
     def _image(self, value: Any, base64_bytes: bool) -> Any:
         """An image value as an absolute path string, bytes, or None."""
         field = f"image field {self.image_column!r}"
@@ -134,7 +157,7 @@ class JsonlSource(_Manifest):
         for number, row, error in json_objects(self.path, span):
             where = f"{where0}:{number}" if number else where0
             if error is not None:
-                yield reject(where, error)
+                yield self._rejected_line(where, error, f"{name}:{number}" if number else None)
             else:
                 yield self._record(row, where, f"{name}:{number}", base64_bytes=True)
 
@@ -183,14 +206,16 @@ class CsvSource(_Manifest):
                 fields, lines.bad = None, lines.bad or f"broken CSV row: {exc}"
             where = f"{where0}:{start}"
             if lines.bad is not None:
-                yield reject(where, lines.bad)
+                item_id, note = self._salvage_fields(header, fields, f"{name}:{start}")
+                yield reject(where, lines.bad if note is None else f"{lines.bad}; {note}", item_id)
                 lines.bad = None
             elif fields:  # csv gives [] for a blank line
                 yield self._csv_record(header, fields, where, f"{name}:{start}")
 
     def _csv_record(self, header: list, fields: list, where: str, default_id: str) -> Record:
         if len(fields) != len(header):
-            return reject(where, f"row has {len(fields)} fields, the header has {len(header)}")
+            item_id, _ = self._salvage_fields(header, fields, default_id)
+            return reject(where, f"row has {len(fields)} fields, the header has {len(header)}", item_id)
         row = {k: (v if v != "" else None) for k, v in zip(header, fields)}
         return self._record(row, where, default_id)
 

@@ -16,7 +16,7 @@ from mmsearch.errors import InputError
 from mmsearch.types import MODALITIES, Item
 
 from .base import Record, Rejected, clean_id, clean_text, display, make_item, reject, resolve_path, type_name
-from .lines import json_objects
+from .lines import clean_salvaged_id, json_objects, salvage_id
 
 POOL_PATTERN = "mbeir_*cand_pool*.jsonl"
 
@@ -65,12 +65,13 @@ class MBeirSource:
         for number, entry, error in json_objects(self.path, span):
             where = f"{where0}:{number}" if number else where0
             if error is not None:
-                yield reject(where, error)
+                item_id, note = salvage_id(error, "did")
+                yield reject(where, error if note is None else f"{error}; {note}", item_id)
                 continue
             try:
                 yield Record(self._item(entry), where)
             except Rejected as exc:
-                yield reject(where, str(exc))
+                yield reject(where, str(exc), clean_salvaged_id(entry.get("did")))
 
     def _item(self, entry: dict) -> Item:
         did = clean_id(entry.get("did"), "did")

@@ -122,15 +122,17 @@ class WebDatasetSource:
                 return
             except _CorruptTar as exc:
                 where = f"{where0}:{exc.key}" if exc.key is not None else where0
-                yield reject(where, f"corrupt tar, stopped reading it here: {exc.reason}")
+                # the sample being read when the tar broke is lost; with key ids, its key is its id
+                item_id = exc.key if self.id_field is None else None
+                yield reject(where, f"corrupt tar, stopped reading it here: {exc.reason}", item_id)
                 return
             yield self._record(where0, key, parts)
 
     def _record(self, where0: str, key: str, parts: Dict[str, bytes]) -> Record:
         where = f"{where0}:{key}"
+        item_id = key if self.id_field is None else None
         try:
             metadata = _json_member(parts)
-            item_id = key
             if self.id_field is not None:
                 item_id = clean_id(metadata.pop(self.id_field, None), f"json {self.id_field}")
             text = _text_member(parts)
@@ -141,7 +143,7 @@ class WebDatasetSource:
                 raise Rejected(f"empty sample: no text and no image (members: {', '.join(sorted(parts))})")
             return Record(make_item(item_id, text, image, metadata, what="sample"), where)
         except Rejected as exc:
-            return reject(where, str(exc))
+            return reject(where, str(exc), item_id)
 
 
 def _json_member(parts: Dict[str, bytes]) -> dict:
