@@ -1,8 +1,11 @@
 """The HTTP API against the query engine: every search answer equals `Index.search` for the
 same query; items, thumbnails, info, tasks, the API key, limits, timeouts, the docs."""
 import base64
+import dataclasses
+import os
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -26,7 +29,9 @@ KEY = "test-key-0123456789abcdef"
 
 @pytest.fixture(scope="module")
 def index_path(tmp_path_factory, tiny_dir):
-    return shared_index(tmp_path_factory, tiny_dir)
+    path = shared_index(tmp_path_factory, tiny_dir)
+    CORPUS_ROOT[:] = [path.parent]
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +60,24 @@ def assert_same_hits(answer, hits):
     assert [h["score"] for h in got] == pytest.approx([h.score for h in hits], abs=1e-6)
     for h, want in zip(got, hits, strict=True):
         assert h["row"] == want.row and h["shard"] == want.shard
-        assert {k: v for k, v in h["metadata"].items()} == dict(want.metadata)
+        assert {k: v for k, v in h["metadata"].items()} == public(want.metadata)
+
+
+def public(metadata):
+    """Metadata as the server shows it: the image reference relative to the corpus folder
+    (the source's), never the server's absolute path (see tests/test_server_paths.py)."""
+    out = dict(metadata)
+    if out.get("image") and os.path.isabs(out["image"]):
+        out["image"] = Path(out["image"]).relative_to(CORPUS_ROOT[0]).as_posix()
+    return out
+
+
+CORPUS_ROOT = []  # set by the index_path fixture: the folder of the shared corpus
+
+
+def without(hits, item_id, k):
+    """`hits` with the item itself left out, first k, ranks renumbered ("more like this")."""
+    return [dataclasses.replace(h, rank=i + 1) for i, h in enumerate(h for h in hits if h.id != item_id)][:k]
 
 
 def test_healthz_info_tasks(client, index):
@@ -116,11 +138,11 @@ def test_more_like_this_uses_the_items_image_or_text(client, index):
     picture = index.candidate_image(record)
     assert picture is not None
     assert_same_hits(client.post("/search", json={"like": "shapes/ring-purple", "k": 5}),
-                     index.search(Query(image=picture), k=5))
+                     without(index.search(Query(image=picture), k=6), "shapes/ring-purple", 5))
     assert_same_hits(client.post("/search", json={"like": "shapes/ring-purple", "text": "but green", "k": 5}),
-                     index.search(Query(image=picture, text="but green"), k=5))
+                     without(index.search(Query(image=picture, text="but green"), k=6), "shapes/ring-purple", 5))
     assert_same_hits(client.post("/search", json={"like": "text 2", "k": 5}),
-                     index.search(Query(text=index.get(["text 2"])[0]["text"]), k=5))
+                     without(index.search(Query(text=index.get(["text 2"])[0]["text"]), k=6), "text 2", 5))
     missing = client.post("/search", json={"like": "no-such-item"})
     assert missing.status_code == 404 and missing.json()["error"] == "not_found"
 
@@ -132,7 +154,7 @@ def test_items_and_thumbnails(client, index, index_path, item_id):
     answer = client.get(f"/items/{quote(item_id, safe='')}")
     assert answer.status_code == 200, answer.text
     record = dict(index.get([item_id])[0])
-    assert answer.json() == {"id": record.pop("id"), "metadata": record,
+    assert answer.json() == {"id": record.pop("id"), "metadata": public(record),
                              "thumbnail": f"/items/{quote(item_id, safe='')}/thumbnail"}
     thumb = client.get(answer.json()["thumbnail"])
     if item_id.startswith("text"):

@@ -165,3 +165,23 @@ def test_large_photo_is_scaled_down_before_upload(server, page, tmp_path):
     assert page.text_content("#status").startswith("20 results")
     image = base64.b64decode(json.loads(requests[-1])["image"].split(",", 1)[1])
     assert Image.open(io.BytesIO(image)).size == (2048, 683)
+
+
+def test_modality_selector_and_more_like_this_without_the_item(server, page):
+    page.goto(server.url + "/")
+    page.wait_for_function("() => document.querySelectorAll('#modality option').length > 1")
+    options = page.eval_on_selector_all("#modality option", "os => os.map(o => [o.value, o.textContent])")
+    assert options == [["", "everything"], ["has:image", "has an image (22)"], ["has:text", "has text (8)"],
+                       ["text", "text only (6)"], ["image", "images only (20)"], ["image,text", "image + text (2)"]]
+    page.fill("#q", "a red circle")
+    for value, filt in (("image", {"modality": "image"}), ("has:text", {"modality": {"has": "text"}})):
+        run_search(page, lambda: page.select_option("#modality", value))  # changing it searches again
+        assert card_ids(page) == api_ids(server, text="a red circle", k=20, filter=filt)
+        badges = set(page.eval_on_selector_all(".card .badge", "nodes => nodes.map(n => n.textContent)"))
+        assert badges == ({"image"} if value == "image" else {"text", "image,text"})
+    first = card_ids(page)[0]
+    run_search(page, lambda: page.locator(".card .more").nth(0).click())
+    ids = card_ids(page)
+    assert first not in ids and len(ids) == 7  # 8 items with text, less the item itself
+    assert ids == api_ids(server, like=first, k=20, filter={"modality": {"has": "text"}})
+    assert page.outside == [] and page.console_errors == []

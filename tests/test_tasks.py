@@ -84,7 +84,7 @@ def test_generic_tasks():
     assert modalities == {
         "t2i": ("text", "image"), "i2t": ("image", "text"), "i2i": ("image", "image"),
         "t2t": ("text", "text"), "composed": ("image,text", "image"),
-        "vqa": ("image,text", "text"), "doc": ("text", "image"),
+        "vqa": ("image,text", "text"), "doc": ("text", "page"),
     }
     assert generic["doc"].candidate_instruction == "Understand the content of the provided document image."
     assert generic["t2i"].candidate_instruction == "Represent the given image."

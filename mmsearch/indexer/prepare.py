@@ -15,7 +15,8 @@ from typing import Any, Dict, Mapping, Optional, Union
 from ..encoders.base import Request
 from ..errors import MMSearchError
 from ..images import image_fingerprint, load_image, make_thumbnail
-from ..types import IMAGE, Item
+from ..types import PAGE, Item
+from ..types import is_page as _is_page
 from .sources import Record
 
 RESERVED = ("id", "modality", "text", "image")
@@ -37,7 +38,7 @@ class Prepared:
     item: Item
     where: str
     request: Request
-    modality: str            # what meta.arrow records: text, image, image,text
+    modality: str            # what meta.arrow records: text, image, image,text, page
     instruction_key: str     # which candidate instruction applies: a modality or "page"
     content_hash: str        # sha256 of what the model sees (text + image content)
     image_ref: Optional[str]
@@ -46,8 +47,9 @@ class Prepared:
 
 
 def is_page(item: Item) -> bool:
-    """A rendered document page (PdfSource): encoded as a screenshot, its text kept as metadata."""
-    return item.image is not None and "page" in item.metadata and "pages" in item.metadata
+    """A rendered document page (PdfSource): encoded as a screenshot, its text kept as metadata;
+    stored with modality "page" (`mmsearch.types`)."""
+    return _is_page(item.image, item.metadata)
 
 
 def _image_ref(item: Item, where: str) -> Optional[str]:
@@ -108,7 +110,7 @@ def _prepare(item: Item, where: str, instructions, max_pixels, thumbnails) -> Un
     image = None
     if item.image is not None:
         image = load_image(item.image, max_pixels=max_pixels, source=f"item {item.id!r} ({where})")
-    modality = IMAGE if page else item.modality
+    modality = PAGE if page else item.modality
     key = "page" if page else modality
     instruction = instructions.get(key, instructions.get("default", ""))
     thumb = make_thumbnail(image, THUMBNAIL_SIDE) if (thumbnails and image is not None) else None

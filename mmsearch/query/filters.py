@@ -3,9 +3,23 @@
     {"col": value}                 equality (None matches missing values)
     {"col": [v1, v2]}              membership
     {"col": {"gte": a, "lt": b}}   comparisons: eq, ne, gt, gte, lt, lte, in
-    {"modality": "image"}          the reserved columns (modality, text, image) work alike
+    {"text": None}                 the reserved columns (text, image) work alike
 
 Several keys combine with AND. A column absent from a shard matches nothing there.
+
+The modality (vocabulary in `mmsearch.types`: "text", "image", "image,text", "page"):
+
+    {"modality": "image"}                    exactly image: not image,text, not page
+    {"modality": ["image", "image,text"]}    any of these exactly
+    {"modality": {"has": "image"}}           any item with an image: image, image,text, page
+    {"modality": {"has": "text"}}            any item whose embedded content has text:
+                                             text, image,text (a page's text is not embedded)
+    {"modality": {"has": ["image", "text"]}} both: image,text
+
+A modality value outside the vocabulary is an error (naming the valid ones), not a
+silent empty result; "has" names "image" or "text" and applies to `modality` only.
+Pages of an index built before "page" existed (stored as "image" with `page` and
+`pages` metadata) are pages here too (`mmsearch.query.modality.read_pages`).
 """
 from __future__ import annotations
 
@@ -18,10 +32,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mmsearch.errors import InputError
+from mmsearch.types import ITEM_MODALITIES, PARTS, modalities_with
 
 _COMPARE: Dict[str, Callable] = {"eq": pc.equal, "ne": pc.not_equal, "gt": pc.greater,
                                  "gte": pc.greater_equal, "lt": pc.less, "lte": pc.less_equal}
 OPERATORS = tuple(_COMPARE) + ("in",)
+MODALITY = "modality"
+HAS = "has"  # {"modality": {"has": "image"}}: modality only
 
 
 @dataclass(frozen=True)
@@ -82,14 +99,40 @@ class Filter:
 
 
 def _conditions(column: str, value: Any) -> Sequence[Condition]:
+    valid = list(OPERATORS) + ([HAS] if column == MODALITY else [])
     if isinstance(value, Mapping):
         if not value:
-            raise InputError(f"filter on {column!r}: empty operator dict; use one of {list(OPERATORS)}")
-        unknown = sorted(str(op) for op in value if op not in OPERATORS)
+            raise InputError(f"filter on {column!r}: empty operator dict; use one of {valid}")
+        unknown = sorted(str(op) for op in value if op not in valid)
         if unknown:
-            raise InputError(f"filter on {column!r}: unknown operators {unknown}; valid: {list(OPERATORS)}")
-        return [_condition(column, op, v) for op, v in value.items()]
-    return [_condition(column, "in" if _is_list(value) else "eq", value)]
+            hint = (f" ('{HAS}' applies to {MODALITY!r} only)" if HAS in unknown else "")
+            raise InputError(f"filter on {column!r}: unknown operators {unknown}; valid: {valid}{hint}")
+        conditions = [_has(v) if op == HAS else _condition(column, op, v) for op, v in value.items()]
+    else:
+        conditions = [_condition(column, "in" if _is_list(value) else "eq", value)]
+    if column == MODALITY:
+        for c in conditions:
+            _check_modalities(c)
+    return conditions
+
+
+def _has(value: Any) -> Condition:
+    """{"has": part or [parts]} -> membership in the modalities holding every part."""
+    parts = list(value) if _is_list(value) else [value]
+    bad = [p for p in parts if p not in PARTS]
+    if not parts or bad:
+        raise InputError(f"filter on {MODALITY!r}: 'has' {value!r}: expected one of {list(PARTS)} or a list "
+                         f"of them, e.g. {{'modality': {{'has': 'image'}}}} (image, image,text, page)")
+    return Condition(MODALITY, "in", modalities_with(*parts))
+
+
+def _check_modalities(condition: Condition) -> None:
+    values = condition.value if condition.op == "in" else (condition.value,)
+    bad = [v for v in values if v is not None and v not in ITEM_MODALITIES]
+    if bad:
+        raise InputError(f"filter on {MODALITY!r}: unknown modality {bad[0]!r}; valid: "
+                         f"{', '.join(ITEM_MODALITIES)} (exact), or {{'has': 'image'}} / {{'has': 'text'}} "
+                         f"for any item holding an image / text")
 
 
 def _condition(column: str, op: str, value: Any) -> Condition:

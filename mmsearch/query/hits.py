@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional
 
+from mmsearch.types import modality_has
+
 
 @dataclass(frozen=True)
 class Hit:
@@ -15,6 +17,8 @@ class Hit:
     score. `scores` keeps every stage's score (``ann``, then one per reranker).
     `metadata` holds the row's meta.arrow columns except ``id``: ``modality``,
     ``text``, ``image`` (the source reference) and the item's own metadata.
+    ``modality`` is one of the vocabulary of `mmsearch.types` (text, image,
+    image,text, page); a page of an index from before "page" existed says "page".
     `row` is the global row id (what `search_vectors` returns), `shard` its shard.
     """
 
@@ -37,6 +41,10 @@ class Hit:
     @property
     def modality(self) -> Optional[str]:
         return self.metadata.get("modality")
+
+    def has(self, part: str) -> bool:
+        """Whether the item holds `part` ("image" or "text"), as ``{"has": part}`` filters."""
+        return modality_has(self.modality or "", part)
 
     def to_dict(self) -> Dict[str, Any]:
         """JSON-ready fields (metadata values as Arrow gave them)."""

@@ -21,6 +21,7 @@ from mmsearch.errors import IndexFormatError
 from mmsearch.index_format import VECTORS_FILE, ShardInfo, load_shard_vectors, open_shard_index, open_shard_meta
 
 from .merge import merge_results
+from .modality import read_pages
 from .params import SearchParams, build_faiss_params
 
 _SCAN_BLOCK = 1 << 15  # rows per block of an exhaustive scan (bounds memory on big shards)
@@ -43,7 +44,7 @@ class Shard:
             raise IndexFormatError(f"shard {info.name}: faiss dimension {self._index.d}, "
                                    f"the manifest's model has dim {dim}")
         self._inner, self._offset, self._perm, self._inv = _unwrap(self._index, info)
-        self.meta: pa.Table = open_shard_meta(index_dir, info)
+        self.meta: pa.Table = read_pages(open_shard_meta(index_dir, info))  # legacy pages read as "page"
         self.has_ivf = _find(self._inner, faiss.IndexIVF) is not None
         self._exact_storage = _exact_storage(self._inner)
         self._vectors: Optional[np.ndarray] = None

@@ -10,6 +10,7 @@ reads the index.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 from concurrent.futures import Future
@@ -19,13 +20,14 @@ from anyio import CapacityLimiter, to_thread
 
 from mmsearch._version import __version__
 from mmsearch.images import make_thumbnail
-from mmsearch.query import Index
+from mmsearch.query import Index, modality_counts
 from mmsearch.tasks import list_tasks
-from mmsearch.types import Query
+from mmsearch.types import ITEM_MODALITIES, PARTS, Query, modalities_with
 
 from .batching import Batcher, SearchArgs
 from .errors import ApiError
 from .inputs import decode_image
+from .paths import PathView
 from .schemas import SearchRequest, json_safe
 from .settings import Limits
 
@@ -49,6 +51,8 @@ class SearchService:
         self._pending = 0
         self._tasks: Optional[List[Dict[str, Any]]] = None
         self._decode_limiter: Optional[Tuple[asyncio.AbstractEventLoop, CapacityLimiter]] = None
+        self._paths: Optional[Tuple[Any, PathView]] = None
+        self._counts: Optional[Tuple[Any, Any, Dict[str, int]]] = None
 
     # --- search --------------------------------------------------------------------------
 
@@ -64,7 +68,9 @@ class SearchService:
         self._admit()
         try:
             query = await to_thread.run_sync(self._query, req, image, limiter=self._decoders())
-            future = self._submit(SearchArgs.of(req), query)
+            # "more like this": one hit more, then the item itself is left out
+            future = self._submit(SearchArgs.of(req if req.like is None else req.model_copy(update={"k": req.k + 1})),
+                                  query)
         except BaseException:
             self._release()
             raise
@@ -75,7 +81,12 @@ class SearchService:
         except asyncio.TimeoutError:
             raise ApiError(504, "timeout", f"the search did not finish within {self.limits.search_timeout:g} s "
                                            f"(search_timeout)") from None
-        return {"hits": [json_safe(h.to_dict()) for h in hits], "k": req.k,
+        if req.like is not None:
+            hits = [dataclasses.replace(h, rank=i + 1) for i, h in enumerate(h for h in hits if h.id != req.like)]
+            hits = hits[:req.k]
+        paths = self.paths()
+        return {"hits": [json_safe({**h.to_dict(), "metadata": paths.metadata(h.metadata)}) for h in hits],
+                "k": req.k,
                 "took_ms": round(1000 * (time.perf_counter() - start), 3),
                 "query": {"text": req.text, "image": image is not None, "like": req.like, "task": req.task,
                           "instruction": req.instruction}}
@@ -143,7 +154,15 @@ class SearchService:
 
     def item(self, item_id: str) -> Dict[str, Any]:
         record = dict(self.record(item_id))
-        return {"id": record.pop("id"), "metadata": json_safe(record)}
+        return {"id": record.pop("id"), "metadata": json_safe(self.paths().metadata(record))}
+
+    def paths(self) -> PathView:
+        """How file paths are shown (`paths`), for the index's current manifest."""
+        manifest = self.index.manifest
+        cached = self._paths
+        if cached is None or cached[0] is not manifest:
+            cached = self._paths = (manifest, PathView.of_index(self.index))
+        return cached[1]
 
     def thumbnail(self, item_id: str) -> Tuple[bytes, str]:
         """(image bytes, media type): the store's thumbnail, else one made from the item's image."""
@@ -172,10 +191,22 @@ class SearchService:
             "index": {"name": self.index.path.name, "rows": m.total_rows, "live": m.total_rows - dead,
                       "shards": len(m.shards), "faiss": m.faiss.factory, "metric": m.metric,
                       "search_params": dict(m.faiss.search_params), "columns": list(view.columns),
-                      "candidate_instructions": dict(m.instructions), "updated": m.updated},
-            "model": {"id": m.model.id, "backbone": m.model.backbone, "dim": m.model.dim, "dtype": m.model.dtype,
+                      "candidate_instructions": dict(m.instructions), "updated": m.updated,
+                      "modalities": self.modality_counts(view)},
+            "modalities": {"vocabulary": list(ITEM_MODALITIES),
+                           "has": {part: list(modalities_with(part)) for part in PARTS}},
+            # a local checkpoint's id is its folder: shown by name, like every path
+            "model": {"id": self.paths().show(m.model.id), "backbone": m.model.backbone, "dim": m.model.dim, "dtype": m.model.dtype,
                       "pooling": m.model.pooling, "normalized": m.model.normalized},
             "limits": self.limits.public(), "auth": self.auth})
+
+    def modality_counts(self, view) -> Dict[str, int]:
+        """Live items per modality of a snapshot (cached until it or its deletions change)."""
+        version, _ = view.store.tombstones()
+        cached = self._counts
+        if cached is None or cached[0] is not view or cached[1] != version:
+            cached = self._counts = (view, version, modality_counts(view))
+        return cached[2]
 
     def tasks(self) -> List[Dict[str, Any]]:
         if self._tasks is None:

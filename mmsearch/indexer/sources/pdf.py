@@ -1,5 +1,10 @@
 """PDF documents: one item per page, rendered to an RGB PIL image with pypdfium2.
 
+Each page item carries the `page` (1-based) and `pages` metadata that mark it as a
+document page (`mmsearch.types.is_page`): the index stores it with modality "page",
+embeds the rendered image with the page instruction, and keeps the page's text
+for display only.
+
 Pages are rendered lazily, one at a time, as the source is iterated. PDFium is not
 thread-safe: iterate PDF sources from one thread at a time.
 """
@@ -10,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Optional, Union
 
 from mmsearch.errors import InputError
-from mmsearch.types import Item
+from mmsearch.types import PAGE_KEYS, Item
 
 from .base import Record, display, reject
 
@@ -77,19 +82,20 @@ class PdfSource:
         import pypdfium2 as pdfium
 
         number = index + 1
+        item_id = f"{self.name}#p{number}"
         try:
             page = doc[index]
         except pdfium.PdfiumError as exc:
-            return reject(where, f"cannot load page {number} of {total}: {exc}")
+            return reject(where, f"cannot load page {number} of {total}: {exc}", item_id)
         try:
             image = self._render(page)
             text = _page_text(page)
         except (pdfium.PdfiumError, ValueError, OSError, MemoryError) as exc:
-            return reject(where, f"cannot render page {number} of {total}: {type(exc).__name__}: {exc}")
+            return reject(where, f"cannot render page {number} of {total}: {type(exc).__name__}: {exc}", item_id)
         finally:
             page.close()
-        metadata = {"page": number, "pages": total, "source": self.name}
-        return Record(Item(id=f"{self.name}#p{number}", text=text, image=image, metadata=metadata), where)
+        metadata = {PAGE_KEYS[0]: number, PAGE_KEYS[1]: total, "source": self.name}
+        return Record(Item(id=item_id, text=text, image=image, metadata=metadata), where)
 
     def _render(self, page):
         width, height = page.get_size()  # points, 1/72 inch

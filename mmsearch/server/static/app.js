@@ -50,9 +50,42 @@ async function loadInfo() {
     const ix = info.index;
     $("index-info").textContent =
       `${ix.name} · ${ix.live.toLocaleString()} items · ${ix.faiss} · model ${info.model.id.split("/").pop()}`;
+    fillModalities(ix.modalities || {}, info.modalities || {});
   } catch (e) {
     $("index-info").textContent = state.keyNeeded ? "enter the API key to search" : "index info unavailable";
   }
+}
+
+// The "Show" selector: "has an image" / "has text" (any item holding one), then each
+// modality exactly, with the index's live counts; the server's /info gives the vocabulary.
+const MODALITY_LABELS = { "text": "text only", "image": "images only", "image,text": "image + text",
+  "page": "document pages" };
+
+function fillModalities(counts, vocabulary) {
+  const select = $("modality");
+  const keep = select.value;
+  select.length = 1;
+  const add = (value, label, n) => {
+    const option = document.createElement("option");
+    option.value = value;
+    option.textContent = `${label} (${n.toLocaleString()})`;
+    select.appendChild(option);
+  };
+  const count = (names) => names.reduce((sum, m) => sum + (counts[m] || 0), 0);
+  const has = vocabulary.has || {};
+  for (const part of ["image", "text"]) {
+    if (has[part] && count(has[part]) > 0) add("has:" + part, `has ${part === "image" ? "an image" : "text"}`, count(has[part]));
+  }
+  for (const m of vocabulary.vocabulary || Object.keys(counts)) {
+    if (counts[m]) add(m, MODALITY_LABELS[m] || m, counts[m]);
+  }
+  if ([...select.options].some((o) => o.value === keep)) select.value = keep;
+}
+
+function modalityFilter() {
+  const value = $("modality").value;
+  if (!value) return null;
+  return { modality: value.startsWith("has:") ? { has: value.slice(4) } : value };
 }
 
 async function loadTasks() {
@@ -160,6 +193,8 @@ async function search() {
   if (state.image) body.image = state.image;
   if (state.like) body.like = state.like;
   if ($("task").value) body.task = $("task").value;
+  const filter = modalityFilter();
+  if (filter) body.filter = filter;
   $("go").disabled = true;
   setStatus("searching…");
   try {
@@ -199,7 +234,7 @@ function render(hits) {
 function card(hit) {
   const node = $("card").content.firstElementChild.cloneNode(true);
   const meta = hit.metadata || {};
-  const hasImage = String(meta.modality || "").includes("image") || Boolean(meta.image);
+  const hasImage = ["image", "image,text", "page"].includes(meta.modality) || Boolean(meta.image);
   const img = node.querySelector(".thumb img");
   const textThumb = node.querySelector(".text-thumb");
   textThumb.textContent = meta.text || hit.id;
@@ -235,6 +270,7 @@ function init() {
     loadInfo(); loadTasks();
   });
   $("search-form").addEventListener("submit", (e) => { e.preventDefault(); search(); });
+  $("modality").addEventListener("change", () => { if ($("q").value.trim() || state.image || state.like) search(); });
   wireImageInput();
   loadInfo();
   loadTasks();
