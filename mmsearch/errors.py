@@ -39,3 +39,7 @@ class IndexMismatchError(MMSearchError, ValueError):
 
 class StoreError(MMSearchError, OSError):
     """The LMDB store of an index could not be opened, grown, or holds a malformed entry."""
+
+
+class UsageError(InputError):
+    """A command-line value is wrong: the CLI prints the subcommand's usage and the message, and exits 2."""

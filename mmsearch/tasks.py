@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
 from .errors import InputError, UnknownTaskError
-from .types import IMAGE, IMAGE_TEXT, MODALITIES, TEXT
+from .types import IMAGE, IMAGE_TEXT, ITEM_MODALITIES, MODALITIES, PAGE, TEXT
 
 MMEB, GENERIC, MBEIR, CUSTOM = "mmeb", "generic", "mbeir", "custom"
 SIDES = ("query", "candidate")
@@ -59,10 +59,10 @@ class Task:
         for attr in ("query_instruction", "candidate_instruction", "description", "source"):
             if not isinstance(getattr(self, attr), str):
                 raise InputError(f"task {self.name!r}: {attr} must be a str, got {getattr(self, attr)!r}")
-        for attr in ("query_modality", "candidate_modality"):
-            if getattr(self, attr) not in MODALITIES:
+        for attr, valid in (("query_modality", MODALITIES), ("candidate_modality", ITEM_MODALITIES)):
+            if getattr(self, attr) not in valid:  # candidates may be document pages too
                 raise InputError(
-                    f"task {self.name!r}: {attr}={getattr(self, attr)!r}; expected one of {list(MODALITIES)}"
+                    f"task {self.name!r}: {attr}={getattr(self, attr)!r}; expected one of {list(valid)}"
                 )
         object.__setattr__(self, "prompts", tuple(self.prompts))  # accept lists, stay hashable
 
@@ -152,7 +152,7 @@ def _unknown_message(name: str, names: List[str]) -> str:
     parts = [f"unknown task {name!r}."]
     if close:
         parts.append(f"Did you mean {', '.join(repr(by_fold[c]) for c in close)}?")
-    parts.append(f"`mmsearch tasks` lists all {len(names)} tasks; or pass instruction= directly.")
+    parts.append(f"`mmsearch tasks` lists all {len(names)} tasks; or give the instruction text itself instead of a task.")
     return " ".join(parts)
 
 
@@ -249,7 +249,7 @@ def _generic_tasks() -> List[Task]:
         ("vqa", "Represent the given image with the following question:", "",
          IMAGE_TEXT, TEXT, "vqa", "image + question -> answer text"),
         ("doc", "Find a document image that matches the given query:", DOCUMENT_IMAGE,
-         TEXT, IMAGE, "retrieval", "text question -> document page screenshot"),
+         TEXT, PAGE, "retrieval", "text question -> document page screenshot"),
     ]
     return [
         Task(name=n, query_instruction=q, candidate_instruction=c, query_modality=qm,

@@ -4,6 +4,8 @@ import os
 # Tests never touch the network: the hub is off for every model load.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# as the CLI sets it for its users: no per-file or weight-loading bars (transformers reads it at import)
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 import pytest  # noqa: E402
 

@@ -85,8 +85,8 @@ def private_imports():
                     imported.add(alias.asname or alias.name)
                     if alias.name.startswith("_") and not alias.name.startswith("__"):
                         found.append((rel, alias.name, node.lineno))
-            elif isinstance(node, ast.Import):
-                imported.update((a.asname or a.name).split(".")[0] for a in node.names)
+            elif isinstance(node, ast.Import):  # only mmsearch's own modules (os._exit is a public API)
+                imported.update((a.asname or a.name).split(".")[0] for a in node.names if a.name.startswith("mmsearch"))
         for node in ast.walk(tree):  # module._private through an imported module
             if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in imported
                     and node.attr.startswith("_") and not node.attr.startswith("__")):

@@ -53,11 +53,22 @@ def test_refuses_to_bind_beyond_localhost_without_a_key(with_serve, index, capsy
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--api-key", "short"], "at least 16"), (["--port", "0"], "--port"), (["--workers", "0"], "--workers"),
-    (["--max-k", "0"], "max_k"), (["--rerankers", "magic"], "magic")])
+    (["--api-key", "short"], "at least 16"), (["--rerankers", "magic"], "magic")])
 def test_bad_options_are_errors(with_serve, index, capsys, argv, message):
     assert with_serve(["serve", str(index), *argv]) == 1
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--port", "0"], "argument --port: expected an integer from 1 to 65535, got 0"),
+    (["--workers", "0"], "argument --workers: expected an integer >= 1, got 0"),
+    (["--max-k", "0"], "argument --max-k: expected an integer >= 1, got 0")])
+def test_bad_numbers_are_usage_errors(with_serve, index, capsys, argv, message):
+    with pytest.raises(SystemExit) as e:
+        with_serve(["serve", str(index), *argv])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: mmsearch serve" in err and message in err
 
 
 def test_not_an_index(with_serve, tmp_path, capsys):

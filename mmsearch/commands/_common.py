@@ -5,6 +5,8 @@ import json
 import sys
 from typing import Iterable, Sequence
 
+from ..errors import UsageError  # noqa: F401  (commands raise it for a wrong command line: exit 2)
+
 
 def print_json(obj) -> None:
     json.dump(obj, sys.stdout, indent=2, ensure_ascii=False, default=str)
@@ -58,3 +60,26 @@ def add_model_args(p) -> None:
     p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32")
     p.add_argument("--batch-size", type=int, default=None, help="inputs per forward pass")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def plural(n: int, word: str, many: str = None) -> str:
+    """'1 shard', '2 shards', '0 items'; `many` for irregular plurals."""
+    return f"{n} {word if n == 1 else (many or word + 's')}"
+
+
+def int_range(lo: int, hi: int = None):
+    """An argparse `type`: an int in [lo, hi]; otherwise a usage error (exit 2) naming the value."""
+    import argparse
+
+    want = f"an integer from {lo} to {hi}" if hi is not None else f"an integer >= {lo}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}") from None
+        if value < lo or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(f"expected {want}, got {value}")
+        return value
+
+    return parse

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from ._common import print_json
+from ._common import plural, print_json
 
 FORMAT_HELP = ("mbeir: M-BEIR (UniIR) query/cand_pool/qrels/instructions; mmeb: MMEB-eval tables, each query "
                "with its own candidates, positive first; train: MMEB-train pairs with hard negatives")
@@ -112,10 +112,10 @@ def run_synthetic(args) -> int:
         print_json(summary)
         return 0
     splits = ", ".join(f"{s} {n}" for s, n in summary["splits"].items())
-    print(f"wrote a {summary['format']} collection to {summary['root']}: tasks {', '.join(summary['tasks'])}; "
-          f"queries per task: {splits}; {summary['images']} images, {summary['files']} files "
-          f"in {summary['seconds']:.1f} s", file=sys.stderr)
     if summary["held_out_pairs"]:
         held = ", ".join(" ".join(p) for p in summary["held_out_pairs"])
         print(f"held-out pairs (only in {', '.join(summary['held_out_splits'])}): {held}", file=sys.stderr)
+    print(f"wrote a {summary['format']} collection to {summary['root']}: tasks {', '.join(summary['tasks'])}; "
+          f"queries per task: {splits}; {plural(summary['images'], 'image')}, {plural(summary['files'], 'file')} "
+          f"in {summary['seconds']:.1f} s", file=sys.stderr)
     return 0

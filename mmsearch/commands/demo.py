@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from ._common import add_family_arg, clip, print_json
+from ._common import add_family_arg, clip, int_range, plural, print_json
 
 QUERIES_PER_KIND = 3
 KINDS = (  # (title, M-BEIR pair file stem, query uses text, query uses image, candidate modality)
@@ -30,10 +30,10 @@ def register(sub) -> None:
     p.add_argument("--out", default="mmsearch-demo", help="folder for the corpus, the index and demo.html")
     p.add_argument("--model", default=None, help="encoder (default: the built-in mmsearch-tiny)")
     add_family_arg(p)
-    p.add_argument("--size", type=int, default=60, help="queries per task in the generated corpus")
-    p.add_argument("--seed", type=int, default=7)
-    p.add_argument("-k", type=int, default=5)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--size", type=int_range(1), default=60, help="queries per task in the generated corpus")
+    p.add_argument("--seed", type=int, default=7, help="seed of the generated corpus (default: %(default)s)")
+    p.add_argument("-k", type=int_range(1), default=5, help="hits shown per query (default: %(default)s)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(handler=run)
 
@@ -84,8 +84,8 @@ def run(args) -> int:
                                   "text": h.metadata.get("text") or _caption(h.metadata),
                                   "image": h.metadata.get("image")} for h in hits]})
     page = write_page(out / "demo.html", results, index)
-    summary = {"model": index.manifest.model.id, "indexed": built.indexed, "seconds": round(time.perf_counter()
-                                                                                            - start, 1),
+    summary = {"model": index.manifest.model.id, "indexed": built.indexed, "items": len(index),
+               "index": str(out / "index"), "seconds": round(time.perf_counter() - start, 1),
                "page": str(page), "results": results}
     print_json(summary) if args.json else _print(summary)
     return 0
@@ -101,8 +101,11 @@ def _caption(meta: dict):
 
 
 def _print(summary: dict) -> None:
-    print(f"mmsearch demo: {summary['indexed']} items indexed with {summary['model']} "
-          f"in {summary['seconds']} s\n")
+    if summary["indexed"]:
+        print(f"mmsearch demo: {plural(summary['indexed'], 'item')} indexed with {summary['model']}\n")
+    else:
+        print(f"mmsearch demo: index up to date: {plural(summary['items'], 'item')} (0 new), "
+              f"model {summary['model']}\n")
     for r in summary["results"]:
         q = " + ".join(x for x in (Path(r["query_image"]).name if r["query_image"] else None,
                                    repr(r["query_text"]) if r["query_text"] else None) if x)
@@ -113,4 +116,6 @@ def _print(summary: dict) -> None:
             what = clip(h["text"], 60) if h["text"] else Path(h["image"] or "").name
             print(f"  {mark} {h['rank']:>2}  {h['score']:.3f}  {h['id']:<8} {what}")
         print()
-    print(f"results page: {summary['page']}   (* marks the known right answer)")
+    print("(* marks the known right answer)")
+    print(f"demo done in {summary['seconds']} s: {plural(summary['items'], 'item')} in {summary['index']}, "
+          f"{plural(len(summary['results']), 'query', 'queries')}; results page: {summary['page']}")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import add_model_args, encoder_options, print_json
+from ._common import add_model_args, encoder_options, plural, print_json
 
 CHUNK = 256  # rows decoded and encoded together; bounds memory on any input size
 
@@ -99,9 +99,10 @@ def run(args) -> int:
     if args.json:
         print_json(summary)
     else:
-        print(f"encoded {len(ids)} rows ({len(errors)} rejected) -> {npy_path}, {ids_path}", file=sys.stderr)
         if errors:
             print(f"rejected rows are listed in {err_path}", file=sys.stderr)
+        print(f"encoded {plural(len(ids), 'row')} ({len(errors)} rejected) in {summary['seconds']:.1f} s -> "
+              f"{npy_path}, {ids_path}", file=sys.stderr)
     return 0
 
 

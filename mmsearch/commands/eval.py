@@ -5,7 +5,7 @@ import sys
 import time
 from pathlib import Path
 
-from ._common import add_family_arg, encoder_options, print_json
+from ._common import add_family_arg, encoder_options, plural, print_json
 
 
 def register(sub) -> None:
@@ -16,9 +16,10 @@ def register(sub) -> None:
                         description="Index candidate pools, encode queries with their M-BEIR prompts, search, and "
                                     "report Recall@k (hit@k), nDCG@10 and MRR@10. Rerun to resume.")
     m.add_argument("--root", required=True, help="the M-BEIR root (query/, cand_pool/, qrels/, instructions/)")
-    m.add_argument("--split", default="test", choices=("train", "val", "test"))
+    m.add_argument("--split", default="test", choices=("train", "val", "test"), help="query split (default: test)")
     m.add_argument("--pairs", nargs="+", default=None, help="e.g. visualnews_task0 cirr_task7 (default: all)")
-    m.add_argument("--pool", choices=("local", "global", "both"), default="both")
+    m.add_argument("--pool", choices=("local", "global", "both"), default="both",
+                   help="candidate pools: each pair's local pool, the global union pool, or both (default)")
     m.add_argument("--prompt", choices=("first", "random"), default="first", help="which of the 4 prompts")
     m.add_argument("--seed", type=int, default=0, help="seed for --prompt random")
     m.add_argument("--index", default="auto", help="faiss index for the pools (auto, Flat, HNSW32, ...)")
@@ -27,7 +28,7 @@ def register(sub) -> None:
     m.set_defaults(handler=run_mbeir)
     e = esub.add_parser("mmeb", help="MMEB: each query against its own candidates (hit@1)")
     e.add_argument("--root", required=True, help="folder with <Dataset>/test.parquet|jsonl tables")
-    e.add_argument("--datasets", nargs="+", default=None)
+    e.add_argument("--datasets", nargs="+", default=None, help="dataset folders under --root (default: all)")
     e.add_argument("--image-root", default=None, help="image folder (default: ROOT/images)")
     _common(e, "mmeb")
     e.set_defaults(handler=run_mmeb)
@@ -39,10 +40,10 @@ def _common(p, name: str) -> None:
                    help="Hugging Face id or local checkpoint directory (default: the built-in mmsearch-tiny)")
     add_family_arg(p, dim=True)
     p.add_argument("--work", default=None, help=f"working/output folder (default: ./{name}-eval)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32")
+    p.add_argument("--batch-size", type=int, default=None, help="inputs per forward pass")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -58,6 +59,11 @@ def run_mbeir(args) -> int:
     from ..eval.report import mbeir_report
 
     work = Path(args.work or "mbeir-eval")
+    if not Path(args.root).is_dir():
+        from ..errors import InputError
+
+        raise InputError(f"M-BEIR root {args.root} is not a folder; expected query/, cand_pool/, qrels/ and "
+                         f"instructions/ under it")
     pools = ("local", "global") if args.pool == "both" else (args.pool,)
     s = MBeirSettings(root=Path(args.root), work=work, split=args.split, pairs=args.pairs, pools=pools,
                       prompt=args.prompt, seed=args.seed, batch_size=args.batch_size, index=args.index,
@@ -68,7 +74,8 @@ def run_mbeir(args) -> int:
     header = _header(enc, root=args.root, split=args.split, prompt=args.prompt, index=args.index,
                      elapsed_seconds=round(time.perf_counter() - start, 1))
     paths = mbeir_report(work, results, header)
-    return _finish(args, paths, any(r.error for r in results))
+    return _finish(args, paths, any(r.error for r in results), plural(len(results), "pair run", "pair runs"),
+                   header["elapsed_seconds"])
 
 
 def run_mmeb(args) -> int:
@@ -79,23 +86,26 @@ def run_mmeb(args) -> int:
     root = Path(args.root)
     work = Path(args.work or "mmeb-eval")
     start = time.perf_counter()
+    tables = find_datasets(root, args.datasets)  # a wrong root fails before the model loads
     enc = load_encoder(args.model, device=args.device, dtype=args.dtype, **encoder_options(args))
     image_root = Path(args.image_root) if args.image_root else root / "images"
     results = [evaluate_dataset(enc, name, table, image_root, args.batch_size, not args.no_progress)
-               for name, table in find_datasets(root, args.datasets).items()]
+               for name, table in tables.items()]
     summary = summarize(results, task_table(root))
     header = _header(enc, root=args.root, elapsed_seconds=round(time.perf_counter() - start, 1))
     paths = mmeb_report(work, results, summary, header)
-    return _finish(args, paths, False)
+    return _finish(args, paths, False, plural(len(results), "dataset"), header["elapsed_seconds"])
 
 
-def _finish(args, paths: dict, had_errors: bool) -> int:
+def _finish(args, paths: dict, had_errors: bool, done: str, seconds: float) -> int:
     if args.json:
         print_json(__import__("json").loads(Path(paths["json"]).read_text()))
     else:
         sys.stdout.write(Path(paths["markdown"]).read_text())
-        print(f"\nreport: {paths['markdown']} {paths['json']} {paths['chart'] or '(no chart: pip install matplotlib)'}",
-              file=sys.stderr)
     if had_errors:
         print("some pairs failed; see the error column", file=sys.stderr)
+    if not args.json:
+        chart = paths["chart"] or "(no chart: pip install matplotlib)"
+        print(f"\nevaluated {done} in {seconds:.1f} s; report: {paths['markdown']} {paths['json']} {chart}",
+              file=sys.stderr)
     return 1 if had_errors else 0

@@ -6,10 +6,14 @@ from pathlib import Path
 
 from ..index_format import QUERY_BANK_FILE, QUERY_BANK_INFO_FILE, errors_path
 from ..indexer.settings import BuildSettings
-from ._common import add_family_arg, defaults, encoder_options, print_json
+from ._common import add_family_arg, defaults, encoder_options, plural, print_json
 
 BUILD = defaults(BuildSettings)
+# the indexer's source kinds (mmsearch.indexer.sources.KINDS; a test keeps them equal), named here so that
+# building the parser imports no source reader
+SOURCE_KINDS = ("folder", "jsonl", "csv", "parquet", "mbeir", "pdf", "webdataset")
 
+INDEX_HELP = "index directory"
 QUERIES_FILE_HELP = ("a text file with one query per line, JSONL with a \"text\" or \"query\" field (and an "
                      "optional \"image\" path), or a .npy of precomputed embeddings")
 
@@ -22,24 +26,38 @@ def register(sub) -> None:
     _build_parser(isub)
     _add_parser(isub)
     d = isub.add_parser("delete", help="delete items (tombstones, honoured by search)")
-    d.add_argument("index")
+    d.add_argument("index", help=INDEX_HELP)
     g = d.add_mutually_exclusive_group(required=True)
     g.add_argument("--ids", nargs="+", help="item ids")
     g.add_argument("--ids-file", help="a file with one id per line")
-    d.add_argument("--json", action="store_true")
+    d.add_argument("--json", action="store_true", help="print the counts as JSON")
     d.set_defaults(handler=run_delete)
     c = isub.add_parser("compact", help="rewrite shards without deleted rows")
-    c.add_argument("index")
-    c.add_argument("--json", action="store_true")
+    c.add_argument("index", help=INDEX_HELP)
+    c.add_argument("--json", action="store_true", help="print the counts as JSON")
     c.set_defaults(handler=run_compact)
     v = isub.add_parser("verify", help="check checksums, row counts and id alignment (exit 1 on a mismatch)")
-    v.add_argument("index")
-    v.add_argument("--json", action="store_true")
+    v.add_argument("index", help=INDEX_HELP)
+    v.add_argument("--json", action="store_true", help="print the problems as JSON")
     v.set_defaults(handler=run_verify)
-    i = isub.add_parser("info", help="describe an index")
-    i.add_argument("index")
-    i.add_argument("--json", action="store_true")
+    i = isub.add_parser("info", help="describe an index: model, faiss, rows, metadata columns, modalities")
+    i.add_argument("index", help=INDEX_HELP)
+    i.add_argument("--json", action="store_true", help="print the description as JSON")
     i.set_defaults(handler=run_info)
+    ids = isub.add_parser("ids", help="list the ids of the items in an index, one per line (deleted ones left out)")
+    ids.add_argument("index", help=INDEX_HELP)
+    ids.add_argument("--json", action="store_true", help="print a JSON list instead")
+    ids.set_defaults(handler=run_ids)
+    e = isub.add_parser("export", help="write the items' ids and metadata (and vectors) to a Parquet file",
+                        description="Write one row per live item (deleted ones left out): id, modality, text, "
+                                    "image and the metadata columns; with --vectors also the stored float16 "
+                                    "vectors as float32, a fixed-size list column `vector`.")
+    e.add_argument("index", help=INDEX_HELP)
+    e.add_argument("--out", required=True, metavar="FILE.parquet", help="the Parquet file to write")
+    e.add_argument("--format", choices=("parquet",), default="parquet", help="output format (default: parquet)")
+    e.add_argument("--vectors", action="store_true", help="add the vectors (needs an index built with vectors)")
+    e.add_argument("--json", action="store_true", help="print the summary as JSON")
+    e.set_defaults(handler=run_export)
     _query_bank_parser(isub)
     p.set_defaults(handler=lambda args: (p.print_help(sys.stderr), 2)[1])
 
@@ -47,8 +65,8 @@ def register(sub) -> None:
 def _run_options(p) -> None:
     p.add_argument("sources", nargs="+", metavar="SOURCE",
                    help="image folder, JSONL/CSV/Parquet manifest, M-BEIR pool, PDF or webdataset .tar")
-    p.add_argument("--kind", default=None, help="source kind when the path doesn't tell "
-                   "(folder, jsonl, csv, parquet, mbeir, pdf, webdataset)")
+    p.add_argument("--kind", default=None, choices=SOURCE_KINDS, metavar="KIND",
+                   help="source kind when the path doesn't tell: " + ", ".join(SOURCE_KINDS))
     p.add_argument("--id-column", default=None, help="manifest column with item ids (default: id)")
     p.add_argument("--text-column", default=None, help="manifest column with text (default: text)")
     p.add_argument("--image-column", default=None, help="manifest column with image paths or bytes (default: image)")
@@ -62,8 +80,8 @@ def _run_options(p) -> None:
     p.add_argument("--max-image-pixels", type=int, default=BUILD["max_image_pixels"],
                    help="reject images with more pixels (decompression bombs); 0 = no limit")
     p.add_argument("--no-vectors", action="store_true", help="don't keep float16 vectors per shard")
-    p.add_argument("--no-thumbnails", action="store_true")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-thumbnails", action="store_true", help="don't store small previews of the images")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
     r = p.add_argument_group("distributed (Ray)", "run the same stages on a Ray cluster; see docs/ray.md")
     r.add_argument("--engine", choices=("local", "ray"), default=BUILD["engine"],
@@ -80,7 +98,8 @@ def _run_options(p) -> None:
 def _build_parser(isub) -> None:
     b = isub.add_parser("build", help="index sources into a new index (rerun to resume)",
                         description="Encode sources and write a sharded FAISS index. Rerunning the same command "
-                                    "resumes an interrupted build; --fresh starts over.")
+                                    "resumes an interrupted build; a build of other sources or settings into "
+                                    "an existing index is refused unless --overwrite.")
     _run_options(b)
     b.add_argument("--out", required=True, help="index directory")
     b.add_argument("--model", default=None,
@@ -94,7 +113,9 @@ def _build_parser(isub) -> None:
     b.add_argument("--memory-budget", default=None, help="memory for the index at search time, e.g. 8G (default 4G); "
                         "auto keeps its refine vectors as float32, float16 or 8-bit codes to fit it")
     b.add_argument("--shard-size", type=int, default=BUILD["shard_size"], help="rows per shard (default: %(default)s)")
-    b.add_argument("--fresh", action="store_true", help="discard an existing index in --out and start over")
+    b.add_argument("--overwrite", "--fresh", dest="overwrite", action="store_true",
+                   help="replace an index already in --out (needed when it was built from other sources or "
+                        "settings); without it the same command resumes; --fresh is the older name")
     b.add_argument("--query-bank", default=None, metavar="FILE",
                    help="typical queries for hubness reranking (" + QUERIES_FILE_HELP + "), embedded with --task's "
                         f"query instruction (none with --instruction) and stored as INDEX/{QUERY_BANK_FILE}")
@@ -103,7 +124,7 @@ def _build_parser(isub) -> None:
 
 def _add_parser(isub) -> None:
     a = isub.add_parser("add", help="add sources to an existing index (same model and instruction)")
-    a.add_argument("index")
+    a.add_argument("index", help=INDEX_HELP)
     _run_options(a)
     a.add_argument("--on-duplicate", choices=("reject", "update"), default="reject",
                    help="an id already in the index: reject the new item, or replace the old one")
@@ -115,14 +136,14 @@ def _query_bank_parser(isub) -> None:
                         description="Embed typical queries with the index's model and a query instruction and "
                                     f"store them as INDEX/{QUERY_BANK_FILE} (with {QUERY_BANK_INFO_FILE} saying how). "
                                     "Searches with rerank=hubness then use it.")
-    q.add_argument("index")
+    q.add_argument("index", help=INDEX_HELP)
     q.add_argument("--queries", required=True, metavar="FILE", help=QUERIES_FILE_HELP)
     g = q.add_mutually_exclusive_group()
     g.add_argument("--task", default=None, help="embed with this task's query instruction, as `search --task` does")
     g.add_argument("--instruction", default=None, help="query instruction, verbatim (default: none)")
     q.add_argument("--device", default="auto", help="auto (GPU with bf16 when present), cpu, cuda")
-    q.add_argument("--batch-size", type=int, default=None)
-    q.add_argument("--no-progress", action="store_true")
+    q.add_argument("--batch-size", type=int, default=None, help="queries per forward pass")
+    q.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     q.add_argument("--json", action="store_true", help="print the bank's description as JSON")
     q.set_defaults(handler=run_query_bank)
 
@@ -147,12 +168,18 @@ def _report(result, args) -> int:
     else:
         s = result.stats
         print(f"read {result.read} = indexed {result.indexed} + rejected {result.rejected} + skipped "
-              f"{result.skipped}; index {result.path}: {result.rows} rows in {result.shards} shards; "
-              f"{s.get('items_per_second', 0)} items/s, pipeline efficiency {s.get('pipeline_efficiency', 0)}",
-              file=sys.stderr)
+              f"{result.skipped}; {s.get('items_per_second', 0)} items/s, pipeline efficiency "
+              f"{s.get('pipeline_efficiency', 0)}", file=sys.stderr)
         if result.rejected:
             print(f"rejections: {errors_path(result.path)}", file=sys.stderr)
+        print(f"index {result.path}: {plural(result.rows, 'row')} in {plural(result.shards, 'shard')} "
+              f"({result.indexed} new) in {_seconds(s)}", file=sys.stderr)
     return 0
+
+
+def _seconds(stats: dict) -> str:
+    t = stats.get("wall_seconds", stats.get("seconds"))
+    return f"{t:.1f} s" if isinstance(t, (int, float)) else "-"
 
 
 def _finish(run, args) -> int:
@@ -173,7 +200,7 @@ def run_build(args) -> int:
     opts.update(encoder_options(args))
     opts.update(task=args.task, instruction=args.instruction, index=args.index,
                 memory_budget=parse_size(args.memory_budget), shard_size=args.shard_size, query_bank=args.query_bank)
-    return _finish(lambda: build_index(args.sources, args.out, model=args.model, fresh=args.fresh, **opts), args)
+    return _finish(lambda: build_index(args.sources, args.out, model=args.model, overwrite=args.overwrite, **opts), args)
 
 
 def run_add(args) -> int:
@@ -203,7 +230,8 @@ def run_delete(args) -> int:
     if args.json:
         print_json({"requested": len(ids), "deleted": n})
     else:
-        print(f"deleted {n} of {len(ids)} ids ({len(ids) - n} were already deleted)", file=sys.stderr)
+        print(f"deleted {n} of {plural(len(ids), 'id')} ({len(ids) - n} already deleted) in {args.index}; "
+              f"`mmsearch index compact {args.index}` reclaims the space", file=sys.stderr)
     return 0
 
 
@@ -214,7 +242,8 @@ def run_compact(args) -> int:
     if args.json:
         print_json(result)
     else:
-        print(f"rewrote {result['shards_rewritten']} shards, removed {result['rows_removed']} rows", file=sys.stderr)
+        print(f"compacted {args.index}: rewrote {plural(result['shards_rewritten'], 'shard')}, removed "
+              f"{plural(result['rows_removed'], 'row')}", file=sys.stderr)
     return 0
 
 
@@ -227,14 +256,18 @@ def run_verify(args) -> int:
     else:
         for p in problems:
             print(f"FAIL {p}")
-        print("OK" if not problems else f"{len(problems)} problem(s)")
+        print(f"OK: {args.index} verified" if not problems else plural(len(problems), "problem"))
     return 1 if problems else 0
 
 
 def run_info(args) -> int:
     from ..indexer.maintenance import describe
 
+    from ._rows import columns
+
     d = describe(args.index)
+    d.setdefault("columns", columns(args.index))
+    d.setdefault("modalities", _modality_counts(args.index))
     if args.json:
         print_json(d)
         return 0
@@ -242,7 +275,9 @@ def run_info(args) -> int:
     print(f"index      {d['path']} (format {d['format_version']})")
     print(f"model      {m['id']} ({m['backbone']}, dim {m['dim']}, {m['dtype']}, weights {m.get('weight_hash')})")
     print(f"faiss      {d['faiss']['factory']} {dict(d['faiss'].get('search_params') or {})}")
-    print(f"rows       {d['rows']} in {d['shards']} shards, {d['deleted']} deleted, {d['live_rows']} live")
+    print(f"rows       {d['rows']} in {plural(d['shards'], 'shard')}, {d['deleted']} deleted, {d['live_rows']} live")
+    print(f"modalities {', '.join(f'{k} {v}' for k, v in d['modalities'].items()) or '(none)'}")
+    print(f"columns    {', '.join(d['columns'])}")
     print(f"size       {d['bytes'] / 2**20:.1f} MiB")
     for k, v in d["candidate_instruction"].items():
         print(f"instr      {k}: {v!r}")
@@ -259,6 +294,73 @@ def run_query_bank(args) -> int:
         print_json(bank)
     else:
         task = f"task {bank['task']!r}, " if bank["task"] else ""
-        print(f"wrote {bank['path']}: {bank['count']} queries x {bank['dim']} dims ({task}query instruction "
+        print(f"wrote {bank['path']}: {plural(bank['count'], 'query', 'queries')} x {bank['dim']} dims ({task}query instruction "
               f"{bank['instruction']!r})", file=sys.stderr)
+    return 0
+
+
+def _modality_counts(index_dir) -> dict:
+    """Live items per modality, in the modality vocabulary (legacy pages counted as pages)."""
+    from ..query import modality_counts, open_index
+
+    with open_index(index_dir) as index:  # the encoder loads lazily: not here
+        return modality_counts(index)
+
+
+def run_ids(args) -> int:
+    from ._rows import live_tables
+
+    ids = [i for table, _ in live_tables(args.index) for i in table.column("id").to_pylist()]
+    if args.json:
+        print_json(ids)
+    else:
+        sys.stdout.writelines(f"{i}\n" for i in ids)
+        print(f"{plural(len(ids), 'id')} in {args.index}", file=sys.stderr)
+    return 0
+
+
+def run_export(args) -> int:
+    import time
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ._rows import live_tables
+
+    start = time.perf_counter()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    writer, rows, dim = None, 0, None
+    try:
+        for table, vecs in live_tables(args.index, vectors=args.vectors):
+            table = table.replace_schema_metadata(None)  # the shard's own id range means nothing here
+            if vecs is not None:
+                dim = vecs.shape[1]
+                flat = pa.array(np.ascontiguousarray(vecs, dtype=np.float32).reshape(-1))
+                table = table.append_column("vector", pa.FixedSizeListArray.from_arrays(flat, dim))
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, table.schema)
+            writer.write_table(table.cast(writer.schema) if table.schema != writer.schema else table)
+            rows += table.num_rows
+        if writer is None:
+            from ..index_format import META_COLUMNS
+
+            writer = pq.ParquetWriter(tmp, pa.schema([(c, pa.string()) for c in META_COLUMNS]))
+        writer.close()
+        writer = None
+        tmp.replace(out)
+    finally:
+        if writer is not None:
+            writer.close()
+        tmp.unlink(missing_ok=True)
+    summary = {"index": args.index, "out": str(out), "rows": rows, "vectors": dim,
+               "seconds": round(time.perf_counter() - start, 2)}
+    if args.json:
+        print_json(summary)
+    else:
+        what = f" with {dim}-d vectors" if dim else ""
+        print(f"exported {plural(rows, 'item')}{what} from {args.index} to {out} in {summary['seconds']:.1f} s",
+              file=sys.stderr)
     return 0

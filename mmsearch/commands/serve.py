@@ -18,6 +18,7 @@ KEY_ENV = "MMSEARCH_API_KEY"
 
 def register(sub) -> None:
     from ..index_format import MANIFEST_FILE
+    from ._common import int_range
 
     p = sub.add_parser(
         "serve", help="serve an index over HTTP: JSON API and web UI",
@@ -27,18 +28,18 @@ def register(sub) -> None:
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("index", help=f"index directory (holding {MANIFEST_FILE})")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--port", type=int_range(1, 65535), default=8000, help="port (default 8000)")
     p.add_argument("--api-key", default=None,
                    help=f"clients must send it ('Authorization: Bearer KEY' or 'X-API-Key: KEY'); default "
                         f"${KEY_ENV} (better: other users can see a command line). Required to bind beyond "
                         f"localhost")
-    p.add_argument("--workers", type=int, default=1,
+    p.add_argument("--workers", type=int_range(1), default=1,
                    help="server processes, each with its own copy of the model (default 1)")
-    p.add_argument("--threads", type=int, default=None, help="searches run at once per process (default 2)")
+    p.add_argument("--threads", type=int_range(1), default=None, help="searches run at once per process (default 2)")
     p.add_argument("--model", default=None,
                    help="load the encoder from here instead of the manifest's model id (same weights)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--max-k", type=int, default=None, help="most hits a search may ask for (default 100)")
+    p.add_argument("--max-k", type=int_range(1), default=None, help="most hits a search may ask for (default 100)")
     p.add_argument("--max-body-mb", type=float, default=None, help="largest request body in MiB (default 16)")
     p.add_argument("--max-image-pixels", type=int, default=None, help="largest query image, width*height (default 40,000,000)")
     p.add_argument("--timeout", type=float, default=None, help="seconds before a search answers 504 (default 30)")
@@ -86,7 +87,7 @@ def run(args) -> int:
     from ..errors import InputError
 
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401  (the server extra is installed)
     except ImportError:
         raise InputError("mmsearch serve needs the server extra: pip install 'mmsearch[server]'") from None
     from ..server.app import CONFIG_ENV
@@ -96,12 +97,15 @@ def run(args) -> int:
                    log_level="warning" if args.quiet else ("debug" if args.verbose > 1 else "info"),
                    server_header=False,
                    limit_concurrency=config.limits.max_pending * 4)
+    from ..server.run import run_uvicorn, serve_line
+
+    line = serve_line(args.index, args.host, args.port)  # printed once the server answers
     if args.workers == 1:  # load the model here, so a failure is an ordinary CLI error
         app = dataclasses.replace(config, preload=False).create_app()
         if config.preload:
             app.state.service.warm_up()
-        uvicorn.run(app, **options)
+        run_uvicorn(app, options, line)
     else:  # each worker process builds its own app from the config
         os.environ[CONFIG_ENV] = config.to_json()
-        uvicorn.run("mmsearch.server.app:app_from_env", factory=True, workers=args.workers, **options)
+        run_uvicorn("mmsearch.server.app:app_from_env", options, line, workers=args.workers)
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 
 from ..train.settings import LoraSettings, MiningSettings, ScratchSettings, TrainSettings
-from ._common import add_family_arg, defaults, print_json
+from ._common import add_family_arg, defaults, plural, print_json
 
 TRAIN, LORA, MINING, SCRATCH = (defaults(c) for c in (TrainSettings, LoraSettings, MiningSettings, ScratchSettings))
 
@@ -198,7 +198,7 @@ def run(args) -> int:
         print_json(result.to_dict())
     else:
         loss = "n/a" if result.final_loss is None else f"{result.final_loss:.4f}"
-        print(f"trained {result.steps} steps on {result.examples} examples ({result.skipped} rows skipped) in "
+        print(f"trained {plural(result.steps, 'step')} on {plural(result.examples, 'example')} ({result.skipped} skipped) in "
               f"{result.seconds:.0f} s, {result.sequences_per_second:.0f} seq/s; final loss {loss}, temperature "
               f"{result.temperature:.4f} -> {result.out}", file=sys.stderr)
     return 0

@@ -68,6 +68,10 @@ def read_rows(path: Path) -> List[dict]:
 
 
 def find_datasets(root: Path, names: Optional[Sequence[str]] = None) -> Dict[str, Path]:
+    root = Path(root)
+    if not root.is_dir():
+        what = "does not exist" if not root.exists() else "is not a folder"
+        raise InputError(f"MMEB root {root} {what}; expected a folder of <Dataset>/test.parquet or test.jsonl tables")
     found = {d.name: d / t for d in sorted(root.iterdir()) if d.is_dir() for t in TABLE_NAMES if (d / t).is_file()}
     if names:
         missing = [n for n in names if n not in found]

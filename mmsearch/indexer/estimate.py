@@ -71,6 +71,10 @@ def estimate_one(path: str, kind: Optional[str] = None) -> int:
     if kind == "csv":
         return max(_lines(path) - 1, 0)
     counters = {"parquet": _parquet, "folder": _folder, "pdf": _pdf, "webdataset": _tar}
+    if kind not in counters:
+        from ..errors import InputError
+
+        raise InputError(f"unknown source kind {kind!r}; valid kinds: {', '.join(['jsonl', 'mbeir', 'csv', *counters])}")
     return counters[kind](path)
 
 

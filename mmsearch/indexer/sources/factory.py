@@ -40,6 +40,8 @@ PathLike = Union[str, os.PathLike]
 def detect_kind(path: PathLike) -> str:
     """The source kind of an existing path: a folder, or by its file name ending."""
     path = os.fspath(path)
+    if not os.path.exists(path):
+        raise InputError(f"source {path!r} does not exist")
     if os.path.isdir(path):
         return "folder"
     if is_mbeir_pool(path):
@@ -50,7 +52,7 @@ def detect_kind(path: PathLike) -> str:
             return EXTENSIONS[ending]
     raise InputError(
         f"cannot tell what kind of source {path!r} is from its name: expected a folder or a file ending in "
-        f"{', '.join(EXTENSIONS)}; pass kind= one of {', '.join(KINDS)}")
+        f"{', '.join(EXTENSIONS)}; or give the source kind: one of {', '.join(KINDS)}")
 
 
 def options_of(kind: str) -> tuple:
