@@ -182,7 +182,7 @@ def small_index(tmp_path_factory, tiny_dir):
     (["search", "IDX", "--text", "x", "--filter", "{bad"], 2, "--filter is not valid JSON"),
     (["search", "IDX", "--text", "x", "--filter", "[1]"], 2, "--filter [1]: expected a JSON object"),
     (["search", "IDX", "--text", "x", "--filter", '{"modality": "foo"}'], 1, "unknown modality 'foo'"),
-    (["search", "IDX", "--text", "x", "--rerank", "magic"], 1, "unknown reranker 'magic'"),
+    (["search", "IDX", "--text", "x", "--rerank", "magic"], 2, "unknown reranker 'magic'"),
     (["search", "IDX", "--like", "no-such-id"], 1, "--like 'no-such-id': no item with this id"),
     (["index", "delete", "IDX", "--ids", "no-such-id"], 1, "id 'no-such-id' is not in the index"),
     (["index", "build", "missing.jsonl", "--out", "o"], 1, "source 'missing.jsonl' does not exist"),

@@ -5,6 +5,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+from ..errors import InputError
 from ..index_format import MANIFEST_FILE
 from ._common import UsageError, int_range, plural, print_json, print_table
 
@@ -126,8 +127,13 @@ def run(args) -> int:
     timer.add("imports", _import_stack())
     t = time.perf_counter()
     from ..query import open_index
+    from ..query.rerank import parse_rerank
 
     timer.add("imports", time.perf_counter() - t)
+    try:
+        parse_rerank(args.rerank)  # a wrong name is a wrong invocation (exit 2), found before the model loads
+    except InputError as e:
+        raise UsageError(f"--rerank {args.rerank}: {e}") from None
     params = {"nprobe": args.nprobe, "efSearch": args.ef_search, "k_factor": args.k_factor}
     params = {k: v for k, v in params.items() if v is not None}
     with open_index(args.index, encoder=args.model, device=args.device) as index:
@@ -180,8 +186,6 @@ QUERY_FIELDS = ("id", "text", "image", "task", "instruction", "filter")
 
 def _read_queries(path: str) -> list:
     """The rows of a --queries file, checked: each line a JSON object of QUERY_FIELDS with text and/or image."""
-    from ..errors import InputError
-
     file = Path(path)
     try:
         lines = file.read_text(encoding="utf-8").splitlines()
