@@ -78,6 +78,7 @@ def test_first_time_user(tmp_path, capsys):
     code, out, _ = run(capsys, "index", "info", index)
     assert code == 0
     assert "rows       10 in 1 shard, 0 deleted, 10 live" in out
+    assert re.search(r"^family     mmsearch$", out, re.M), out  # the built-in model's recipe
     assert re.search(r"^modalities text 3, image 3, image,text 2, page 2$", out, re.M), out
     cols = re.search(r"^columns    (.*)$", out, re.M).group(1).split(", ")
     assert cols[:4] == ["id", "modality", "text", "image"] and "colour" in cols

@@ -109,6 +109,9 @@ def test_dim_truncates_and_renormalises_listed_sizes_only(tiny_dir):
     assert get_recipe("qwen3_vl_embedding").check_dim(64, 2048) == 64  # any size from 64 up
     with pytest.raises(ModelLoadError, match="valid: 64..2048"):
         get_recipe("qwen3_vl_embedding").check_dim(32, 2048)
+    with pytest.raises(ModelLoadError, match="vectors have 64 dimensions, and the qwen3_vl_embedding family truncates "
+                                             "to 64 or more, so there is nothing to truncate to"):
+        get_recipe("qwen3_vl_embedding").check_dim(32, 64)
 
 
 # --- each model's own task prompts ---------------------------------------------------------

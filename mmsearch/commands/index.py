@@ -273,7 +273,10 @@ def run_info(args) -> int:
         return 0
     m = d["model"]
     print(f"index      {d['path']} (format {d['format_version']})")
+    family = m.get("family") or "none recorded (built before families)"
+    adapter = f", adapter {m['adapter']}" if m.get("adapter") else ""
     print(f"model      {m['id']} ({m['backbone']}, dim {m['dim']}, {m['dtype']}, weights {m.get('weight_hash')})")
+    print(f"family     {family}{adapter}")
     print(f"faiss      {d['faiss']['factory']} {dict(d['faiss'].get('search_params') or {})}")
     print(f"rows       {d['rows']} in {plural(d['shards'], 'shard')}, {d['deleted']} deleted, {d['live_rows']} live")
     print(f"modalities {', '.join(f'{k} {v}' for k, v in d['modalities'].items()) or '(none)'}")

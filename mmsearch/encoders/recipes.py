@@ -162,6 +162,9 @@ class Recipe:
             dim in sizes or (lowest is not None and dim >= lowest))
         if not ok:
             fitting = [str(d) for d in sizes if d < full]
+            if lowest is not None and lowest >= full:
+                raise ModelLoadError(f"dim={dim!r}: this model's vectors have {full} dimensions, and the {self.name} "
+                                     f"family truncates to {lowest} or more, so there is nothing to truncate to")
             valid = (f"{lowest}..{full}" if lowest is not None else ", ".join(fitting) if fitting else
                      f"none below this model's {full} dimensions (the family lists "
                      f"{', '.join(str(d) for d in sizes)})")
