@@ -8,7 +8,6 @@ page (the page that names the question's made-up word).
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable, List, Optional, Sequence, Union
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Iterable, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image
@@ -122,7 +123,7 @@ class Encoder(ABC):
     recipe: "Recipe"
     default_batch_size: int = 16
     max_pixels: Optional[int] = None
-    model_tasks: dict = {}  # the model's own task prompts: name -> (query, candidate)
+    model_tasks: Mapping = MappingProxyType({})  # the model's own task prompts: name -> (query, candidate)
 
     def task_instruction(self, task, side: str = "query") -> str:
         """A task's instruction for this model: the model's own prompts first (what it was

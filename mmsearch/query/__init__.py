@@ -2,9 +2,11 @@
 
 Imports only the core (index format, store, encoders, types, tasks, images).
 """
+from mmsearch.index_format import QUERY_BANK_FILE
+
 from .filtered import FilterPolicy
 from .hits import Hit
-from .index import QUERY_BANK_FILE, Index, open_index, search
+from .index import Index, open_index, search
 from .modality import modality_counts
 from .params import SearchParams
 from .rerank import RERANKERS, Hubness, Refine, RerankContext

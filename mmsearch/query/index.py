@@ -26,7 +26,7 @@ import numpy as np
 
 from mmsearch.encoders import BUILTIN_MODELS, load_encoder
 from mmsearch.errors import InputError, ModelLoadError
-from mmsearch.index_format import (QUERY_BANK_FILE, ModelInfo, PathLike, check_model, load_query_bank,
+from mmsearch.index_format import (ModelInfo, PathLike, check_model, load_query_bank,
                                    load_query_bank_info, model_info_of, query_bank_paths)
 from mmsearch.types import Query
 
