@@ -125,6 +125,20 @@ class Encoder(ABC):
     max_pixels: Optional[int] = None
     model_tasks: Mapping = MappingProxyType({})  # the model's own task prompts: name -> (query, candidate)
 
+    def __init__(self, model, *, backbone: str, recipe: "Recipe", name: str, device, dtype, fingerprint: str,
+                 max_pixels: Optional[int] = None):
+        """What every encoder is: its network (in eval mode), backbone, family recipe, where it
+        was loaded from, device and dtype, weights fingerprint and image pixel limit."""
+        self.model = model.eval()
+        self.backbone = backbone
+        self.recipe = recipe
+        self.family = recipe.name
+        self.name = name
+        self.device = device
+        self.dtype = dtype
+        self.fingerprint = fingerprint
+        self.max_pixels = max_pixels
+
     def task_instruction(self, task, side: str = "query") -> str:
         """A task's instruction for this model: the model's own prompts first (what it was
         trained with), then its family's documented ones, then the task library's."""

@@ -25,17 +25,10 @@ def _features(out) -> "torch.Tensor":
 class DualEncoder(Encoder):
     def __init__(self, model, tokenizer, image_processor, *, backbone: str, recipe, name: str, device, dtype,
                  fingerprint: str, max_pixels: Optional[int] = None, batch_size: Optional[int] = None):
-        self.model = model.eval()
-        self.recipe = recipe
-        self.family = recipe.name
+        super().__init__(model, backbone=backbone, recipe=recipe, name=name, device=device, dtype=dtype,
+                         fingerprint=fingerprint, max_pixels=max_pixels)
         self.tokenizer = tokenizer
         self.image_processor = image_processor
-        self.backbone = backbone
-        self.name = name
-        self.device = device
-        self.dtype = dtype
-        self.fingerprint = fingerprint
-        self.max_pixels = max_pixels
         self.default_batch_size = batch_size or 64
         self.dim = int(model.config.projection_dim if backbone == "clip" else model.config.text_config.hidden_size)
 

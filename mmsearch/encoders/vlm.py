@@ -28,17 +28,10 @@ class VLMEncoder(Encoder):
     def __init__(self, model, processor, *, backbone: str, recipe: Recipe, name: str, preset: Preset, device,
                  dtype, fingerprint: str, max_pixels: Optional[int] = None, processor_dir: Optional[Path] = None,
                  dim: Optional[int] = None, tasks: Optional[Mapping[str, Tuple[str, str]]] = None):
-        self.model = model.eval()
+        super().__init__(model, backbone=backbone, recipe=recipe, name=name, device=device, dtype=dtype,
+                         fingerprint=fingerprint, max_pixels=max_pixels)
         self.processor = processor
-        self.backbone = backbone
-        self.recipe = recipe
-        self.family = recipe.name
-        self.name = name
         self.preset = preset
-        self.device = device
-        self.dtype = dtype
-        self.fingerprint = fingerprint
-        self.max_pixels = max_pixels
         self.processor_dir = processor_dir  # where the tokenizer/processor files came from
         self.default_batch_size = preset.batch_size or 16
         self.model_tasks = dict(tasks or {})
