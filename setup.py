@@ -33,6 +33,7 @@ BASE = [
     "pillow>=10",
     "tqdm>=4.60",
     "safetensors>=0.4",
+    "tokenizers>=0.19",  # the torch-free text query runtime reads tokenizer.json directly
     "pypdfium2>=4.20",
     "matplotlib>=3.7",  # report and benchmark charts
 ]
@@ -46,7 +47,7 @@ EXTRAS = {
     "train": ["accelerate>=0.30"],
     # peers measured side by side in benchmarks/ (not needed by the library)
     "bench": ["hnswlib>=0.8", "usearch>=2", "lancedb>=0.10"],
-    "dev": ["pytest>=8", "tokenizers>=0.19", "pandas>=2", "duckdb>=1", "pytrec-eval-terrier>=0.5",
+    "dev": ["pytest>=8", "pandas>=2", "duckdb>=1", "pytrec-eval-terrier>=0.5",
             "ray[data]>=2.30", "playwright>=1.40"],
 }
 # the test suite covers the server too

@@ -99,6 +99,18 @@ def query_section(qp, load_test):
     return text
 
 
+def cli_search_section(r) -> str:
+    torch, numpy = r["median"]["torch"], r["median"]["numpy"]
+    md = (RESULTS / "cli_search.md").read_text()
+    return (f"**One search from the shell** (`benchmarks/cli_search.py`, median of {r['repeat']}, {r['date']}, "
+            f"{r['cores']} cores): `mmsearch search INDEX --text ...` with the built-in model takes "
+            f"{numpy['wall']:.2f} s of wall time with the default `--runtime numpy` against {torch['wall']:.2f} s "
+            f"with `--runtime torch` ({torch['wall'] / numpy['wall']:.1f}x): a text query of a Qwen-family model "
+            "is embedded in numpy from the checkpoint's own files, so neither torch nor transformers is imported "
+            "(the vectors match torch's to 1e-5; `tests/test_text_runtime.py` holds both to the authors' code). "
+            "Seconds per part, as `-v` prints them:\n\n" + md)
+
+
 def main():
     env = load("ann_quick")["environment"]
     libs = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
@@ -117,6 +129,8 @@ def main():
         loads = ", ".join(it["loads"]) if it["loads"] else "no torch, transformers, faiss, pyarrow, indexer or query"
         parts.append(f"**Import**: `import mmsearch` takes {it['milliseconds']} ms (`python -X importtime`, "
                      f"`benchmarks/import_time.py`) and loads {loads}: the front door is lazy.")
+    if load("cli_search"):
+        parts.append(cli_search_section(load("cli_search")))
     if load("family_speed"):
         parts.append(family_speed_section(load("family_speed")))
     if load("train_speed"):

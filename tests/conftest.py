@@ -9,6 +9,8 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 import pytest  # noqa: E402
 
+SHARPEN = 6.0  # text q/k scale of the parity checkpoints (DESIGN §8): a random tiny model attends uniformly
+
 
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
@@ -38,6 +40,24 @@ def tiny_encoder(tiny_dir):
         key = (kind, padding_side)
         if key not in cache:
             cache[key] = mmsearch.load_encoder(tiny_dir(kind, padding_side), device="cpu")
+        return cache[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def sharp_checkpoint(tmp_path_factory):
+    """sharp_checkpoint(kind, padding_side) -> a tiny checkpoint, sharpened x6, built once."""
+    from mmsearch import testing
+
+    root = tmp_path_factory.mktemp("sharp-models")
+    cache = {}
+
+    def get(kind: str, padding_side: str = "right"):
+        key = (kind, padding_side)
+        if key not in cache:
+            path = testing.build_tiny_model(kind, root / f"{kind}-{padding_side}", seed=0, padding_side=padding_side)
+            cache[key] = testing.sharpen_attention(path, factor=SHARPEN)
         return cache[key]
 
     return get

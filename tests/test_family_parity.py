@@ -27,7 +27,6 @@ from PIL import Image
 from mmsearch import testing
 
 PARITY = 0.9999  # cosine an encoder must reach against the oracle
-SHARPEN = 6.0
 
 # family -> tiny checkpoint kind
 FAMILY_KIND = {
@@ -385,22 +384,6 @@ class _Oracle:
 
 
 # ----------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="session")
-def sharp_checkpoint(tmp_path_factory):
-    """sharp_checkpoint(kind, padding_side) -> a tiny checkpoint, sharpened x6, built once."""
-    root = tmp_path_factory.mktemp("sharp-models")
-    cache = {}
-
-    def get(kind: str, padding_side: str = "right"):
-        key = (kind, padding_side)
-        if key not in cache:
-            path = testing.build_tiny_model(kind, root / f"{kind}-{padding_side}", seed=0, padding_side=padding_side)
-            cache[key] = testing.sharpen_attention(path, factor=SHARPEN)
-        return cache[key]
-
-    return get
 
 
 @pytest.fixture(scope="session")

@@ -37,7 +37,8 @@ from mmsearch import testing
 from mmsearch.encoders.factory import describe_checkpoint
 from mmsearch.encoders.recipes import get_recipe
 from mmsearch.errors import ModelLoadError
-from test_family_parity import CASES, PARITY, SHARPEN, _cos, _Oracle
+from conftest import SHARPEN
+from test_family_parity import CASES, PARITY, _cos, _Oracle
 
 TASKS = ("retrieval", "text-matching", "code")
 R, ALPHA = 4, 8.0

@@ -59,6 +59,9 @@ def register(sub) -> None:
     p.add_argument("--model", default=None,
                    help="load the encoder from here instead of the manifest's model id (same weights)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--runtime", choices=("numpy", "torch"), default="numpy",
+                   help="numpy (default): text queries of Qwen-family models run without loading torch, a "
+                        "second faster on a one-off search; images, other models and GPUs use torch")
     p.add_argument("--json", action="store_true", help="print the hits as JSON on stdout")
     p.set_defaults(handler=run, exit_fast=True)  # read-only: the process may end without module teardown
 
@@ -124,7 +127,6 @@ def run(args) -> int:
     rows = _read_queries(args.queries) if args.queries else [
         {"id": "1", "text": args.text, "image": args.image, **({"like": args.like} if args.like else {})}]
     filt = _filter(args.filter)
-    timer.add("imports", _import_stack())
     t = time.perf_counter()
     from ..query import open_index
     from ..query.rerank import parse_rerank
@@ -136,7 +138,10 @@ def run(args) -> int:
         raise UsageError(f"--rerank {args.rerank}: {e}") from None
     params = {"nprobe": args.nprobe, "efSearch": args.ef_search, "k_factor": args.k_factor}
     params = {k: v for k, v in params.items() if v is not None}
-    with open_index(args.index, encoder=args.model, device=args.device) as index:
+    runtime = "torch" if rows_need_torch(rows) else args.runtime
+    with open_index(args.index, encoder=args.model, device=args.device, runtime=runtime) as index:
+        if runtime == "torch":
+            timer.add("imports", _import_stack())
         t = time.perf_counter()
         encoder = index.encoder
         timer.add("model load", time.perf_counter() - t)
@@ -163,8 +168,14 @@ def run(args) -> int:
         print(f"{plural(len(hits), 'hit')} from {args.index} in {timer.clock() - timer.start:.1f} s",
               file=sys.stderr)
     if getattr(args, "verbose", 0):
+        print(f"encoder: {index.runtime_note}", file=sys.stderr)
         print(timer.line(), file=sys.stderr)
     return 0
+
+
+def rows_need_torch(rows) -> bool:
+    """An image (or `like`, which may be one) needs the torch encoder: import it up front."""
+    return any(r.get("image") or r.get("like") is not None for r in rows)
 
 
 def _import_stack() -> float:

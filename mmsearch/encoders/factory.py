@@ -10,19 +10,20 @@ folder) loads without its code, the chosen task's LoRA merged (`jina`).
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 from ..errors import ModelLoadError
 from ..images import DEFAULT_MAX_PIXELS
-from . import jina
+from . import jina, text_runtime
 from .base import Encoder
 from .dual import DUAL_BACKBONES, DualEncoder
 from .formatting import BACKBONES
-from .loading import (BUILTIN_MODELS, DEFAULT_MODEL, adapter_base, model_type, read_model_card, resolve_device_dtype,
-                      resolve_model_path, weights_fingerprint)
+from .loading import (BUILTIN_MODELS, DEFAULT_MODEL, adapter_base, gpu_present, model_type, read_model_card,
+                      resolve_device_dtype, resolve_model_path, weights_fingerprint)
 from .presets import Preset, preset_for
 from .processors import load_dual_processors, load_vlm_processor
 from .recipes import Recipe, recipe_for
@@ -95,6 +96,40 @@ def load_encoder(
     listed = getattr(net.config, "matryoshka_dims", None)  # a checkpoint may name its own sizes
     enc.dim = ck.recipe.check_dim(dim, enc.full_dim, listed) or enc.full_dim
     return enc
+
+
+def load_text_encoder(model=None, device: str = "auto", *, family: Optional[str] = None, dim: Optional[int] = None,
+                      revision: Optional[str] = None, max_image_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
+                      **overrides) -> Tuple[Optional[Encoder], str]:
+    """The torch-free text query encoder (`text_runtime`) for `model`, and why not (None, reason)
+    when the checkpoint needs torch even for text. Image inputs load the torch encoder
+    (same arguments) when the first one comes. Only on the CPU: a GPU is torch's."""
+    if device not in ("auto", "cpu") or (device == "auto" and gpu_present()):
+        return None, f"device {device!r}" if device != "auto" else "a GPU is present"
+    ck = describe_checkpoint(model, family, revision, **overrides)
+    config = json.loads((ck.weights_dir / "config.json").read_text())
+    why = text_runtime.unsupported_reason(ck.backbone, config, ck.recipe, ck.base is not None or
+                                          ck.jina_layout is not None)
+    proc_dir = _processor_dir(ck.path, ck.weights_dir, ck.preset)
+    if why is None and not (proc_dir / "tokenizer.json").is_file():
+        why = f"no tokenizer.json in {proc_dir}"
+    if why is None and not text_runtime.weight_files(ck.weights_dir):
+        why = "no .safetensors weights"
+    if why is not None:
+        return None, why
+    from tokenizers import Tokenizer
+
+    decoder = text_runtime.TextDecoder.load(ck.weights_dir, config)
+    full_dim = decoder.config.hidden
+    listed = config.get("matryoshka_dims")
+    enc = text_runtime.TextQueryEncoder(
+        decoder, Tokenizer.from_file(str(proc_dir / "tokenizer.json")), full_dim=full_dim,
+        dim=ck.recipe.check_dim(dim, full_dim, listed) or full_dim, tasks=ck.tasks,
+        load_full=lambda: load_encoder(model, "cpu", family=family, dim=dim, revision=revision,
+                                       max_image_pixels=max_image_pixels, **overrides),
+        backbone=ck.backbone, recipe=ck.recipe, name=_record_name(DEFAULT_MODEL if model is None else model),
+        device="cpu", dtype="float32", fingerprint=_fingerprint(ck), max_pixels=max_image_pixels)
+    return enc, ""
 
 
 @dataclass(frozen=True)

@@ -163,6 +163,11 @@ def resolve_device_dtype(device: str = "auto", dtype: str = "auto",
     return dev, names[dtype]
 
 
+def gpu_present() -> bool:
+    """An NVIDIA device node, without importing torch (which costs a second)."""
+    return Path("/dev/nvidia0").exists() or Path("/proc/driver/nvidia/gpus").is_dir()
+
+
 def weights_fingerprint(path: Path) -> str:
     """A cheap, content-based id of a checkpoint's weights (name, size, head and tail bytes).
 

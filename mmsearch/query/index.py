@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from mmsearch.encoders import BUILTIN_MODELS, load_encoder
+from mmsearch.encoders import BUILTIN_MODELS, load_encoder, load_text_encoder
 from mmsearch.errors import InputError, ModelLoadError
 from mmsearch.index_format import (ModelInfo, PathLike, check_model, load_query_bank,
                                    load_query_bank_info, model_info_of, query_bank_paths)
@@ -43,6 +43,9 @@ from .view import IndexView, Tombstones
 _CPUS = os.cpu_count() or 1
 
 
+RUNTIMES = ("torch", "numpy")  # how queries are embedded: see open_index
+
+
 def _warn_legacy_rule(path: Path, model: ModelInfo) -> None:
     """An index from before embedding families, of a checkpoint whose family is not
     mmsearch's own, was embedded under a rule its authors do not use: say so."""
@@ -55,9 +58,12 @@ class Index:
     """An opened index. Build one with `open_index`."""
 
     def __init__(self, path: PathLike, encoder: Any = None, device: str = "auto",
-                 policy: FilterPolicy = FilterPolicy()):
+                 policy: FilterPolicy = FilterPolicy(), runtime: str = "torch"):
         self.path = Path(path)
         self.policy, self._device = policy, device
+        if runtime not in RUNTIMES:
+            raise InputError(f"runtime={runtime!r}: expected one of {list(RUNTIMES)}")
+        self._runtime, self.runtime_note = runtime, runtime
         self._view = IndexView(self.path)
         _warn_legacy_rule(self.path, self._view.manifest.model)
         self._lock = threading.Lock()           # the view, the pool, named rerankers
@@ -134,15 +140,26 @@ class Index:
     def _load_manifest_model(self):
         model = self.manifest.model
         try:
-            return load_encoder(model.id, device=self._device, revision=model.revision, **model.encoder_options())
+            return self._load(model.id, revision=model.revision, **model.encoder_options())
         except ModelLoadError as e:
             raise ModelLoadError(f"index {self.path} was built with model {model.id!r}, which cannot be "
                                  f"loaded here ({e}); pass open_index(path, encoder=...) with the same "
                                  f"weights") from None
 
+    def _load(self, model, **options):
+        """Load by the index's runtime: "numpy" runs text-only queries without torch where the
+        checkpoint allows (`encoders.text_runtime`), and says why not in `runtime_note`."""
+        if self._runtime == "numpy":
+            encoder, why = load_text_encoder(model, device=self._device, **options)
+            if encoder is not None:
+                self.runtime_note = "numpy for text queries (torch loads for the first image)"
+                return encoder
+            self.runtime_note = f"torch (the numpy runtime does not run this model: {why})"
+        return load_encoder(model, device=self._device, **options)
+
     def _checked_encoder(self, encoder):
         if isinstance(encoder, (str, os.PathLike)):  # the same weights elsewhere: embed as the index did
-            encoder = load_encoder(encoder, device=self._device, **self.manifest.model.encoder_options())
+            encoder = self._load(encoder, **self.manifest.model.encoder_options())
         for name in ("name", "backbone", "dim", "encode"):
             if not hasattr(encoder, name):
                 raise InputError(f"encoder={encoder!r} is not an mmsearch encoder (no .{name}); "
@@ -367,18 +384,20 @@ def _check_k(k: Any) -> int:
     return int(k)
 
 
-def open_index(path: PathLike, encoder: Any = None, device: str = "auto") -> Index:
+def open_index(path: PathLike, encoder: Any = None, device: str = "auto", runtime: str = "torch") -> Index:
     """Open an index directory for search (read-only; see `Index`).
 
     `encoder`: None (load the manifest's model on first use), a loaded encoder, or a
     model id / checkpoint directory. One that does not match the model the index was
-    built with raises IndexMismatchError naming both.
+    built with raises IndexMismatchError naming both. `runtime="numpy"` embeds text-only
+    queries without importing torch where the model allows (Qwen-family decoders on the
+    CPU): a one-off search starts in a fraction of the time; torch loads for the first image.
     """
-    return Index(path, encoder=encoder, device=device)
+    return Index(path, encoder=encoder, device=device, runtime=runtime)
 
 
 def search(index_path: PathLike, query: Any, k: int = 5, *, encoder: Any = None, device: str = "auto",
-           **kwargs: Any) -> Union[List[Hit], List[List[Hit]]]:
+           runtime: str = "torch", **kwargs: Any) -> Union[List[Hit], List[List[Hit]]]:
     """One-shot: open the index, search, close. `kwargs` go to `Index.search`."""
-    with open_index(index_path, encoder=encoder, device=device) as index:
+    with open_index(index_path, encoder=encoder, device=device, runtime=runtime) as index:
         return index.search(query, k=k, **kwargs)
