@@ -146,6 +146,13 @@ class Encoder(ABC):
 
         return task_instruction(self.recipe, self.model_tasks, task, check_side(side))
 
+    def format(self, request: Request) -> str:
+        """The input string the model sees: the request's own prompt, else the family's template."""
+        if request.prompt is not None:
+            return request.prompt
+        return self.recipe.render(self.backbone, request.side, request.text, request.instruction,
+                                  request.image is not None)
+
     def candidate_instructions(self) -> Optional[dict]:
         """The family's candidate instruction per modality for an index, or None for the
         library's (VLM2Vec's conventions)."""

@@ -189,11 +189,6 @@ class TextQueryEncoder(Encoder):
             self._full = self._load_full()
         return self._full
 
-    def format(self, request: Request) -> str:
-        if request.prompt is not None:
-            return request.prompt
-        return self.recipe.render(self.backbone, request.side, request.text, request.instruction, False)
-
     def embed_text(self, text: str) -> np.ndarray:
         hidden = self.model.hidden_states(self.tokenizer.encode(text).ids)
         pooled = hidden[-1] if self.recipe.pooling == "last_token" else hidden.mean(axis=0)

@@ -52,12 +52,6 @@ class VLMEncoder(Encoder):
                 image = image.resize((w2, h2), Image.BICUBIC)
         return image
 
-    def format(self, request: Request) -> str:
-        if request.prompt is not None:
-            return request.prompt
-        return self.recipe.render(self.backbone, request.side, request.text, request.instruction,
-                                  request.image is not None)
-
     def processor_inputs(self, requests: Sequence[Request]) -> dict:
         """Tokenised, padded model inputs for one batch (everything the processor returns)."""
         texts = [self.format(r) for r in requests]
