@@ -12,21 +12,26 @@ import pytest  # noqa: E402
 SHARPEN = 6.0  # text q/k scale of the parity checkpoints (DESIGN §8): a random tiny model attends uniformly
 
 
-@pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory):
-    """A factory: tiny_dir(kind) -> path of a tiny checkpoint built once per session."""
-    from mmsearch.testing import build_tiny_model
+def _built_once(root, sharpen: bool = False):
+    """get(kind, padding_side="right") -> a tiny checkpoint under `root`, built (and sharpened) once."""
+    from mmsearch import testing
 
-    root = tmp_path_factory.mktemp("tiny-models")
     cache = {}
 
     def get(kind: str, padding_side: str = "right"):
         key = (kind, padding_side)
         if key not in cache:
-            cache[key] = build_tiny_model(kind, root / f"{kind}-{padding_side}", seed=0, padding_side=padding_side)
+            path = testing.build_tiny_model(kind, root / f"{kind}-{padding_side}", seed=0, padding_side=padding_side)
+            cache[key] = testing.sharpen_attention(path, factor=SHARPEN) if sharpen else path
         return cache[key]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """A factory: tiny_dir(kind) -> path of a tiny checkpoint built once per session."""
+    return _built_once(tmp_path_factory.mktemp("tiny-models"))
 
 
 @pytest.fixture(scope="session")
@@ -48,16 +53,4 @@ def tiny_encoder(tiny_dir):
 @pytest.fixture(scope="session")
 def sharp_checkpoint(tmp_path_factory):
     """sharp_checkpoint(kind, padding_side) -> a tiny checkpoint, sharpened x6, built once."""
-    from mmsearch import testing
-
-    root = tmp_path_factory.mktemp("sharp-models")
-    cache = {}
-
-    def get(kind: str, padding_side: str = "right"):
-        key = (kind, padding_side)
-        if key not in cache:
-            path = testing.build_tiny_model(kind, root / f"{kind}-{padding_side}", seed=0, padding_side=padding_side)
-            cache[key] = testing.sharpen_attention(path, factor=SHARPEN)
-        return cache[key]
-
-    return get
+    return _built_once(tmp_path_factory.mktemp("sharp-models"), sharpen=True)

@@ -10,6 +10,7 @@ only through the names exported here:
     faiss_io    metrics, ids, the trained template, a new empty shard index
     meta        the shard metadata table (meta.arrow)
     shards      writing, sweeping and opening shard folders
+    tokens      a multi-vector model's token vectors: one flat matrix + offsets per shard
     verify      `verify_index`: every checksum, row count and id range
     lock        the one-writer lock and --overwrite's wipe
     job         the job record: the sources (with fingerprints) and settings that made an index
@@ -23,6 +24,7 @@ from mmsearch._lazy import lazy_attributes
 _EXPORTS = {
     "layout": (
         "PathLike", "MANIFEST_FILE", "TRAINED_FILE", "SHARDS_DIR", "INDEX_FILE", "META_FILE", "VECTORS_FILE",
+        "TOKENS_FILE", "TOKEN_OFFSETS_FILE", "TOKEN_SCALES_FILE",
         "STORE_DIR", "ERRORS_FILE", "STATS_FILE", "QUERY_BANK_FILE", "QUERY_BANK_INFO_FILE", "LOCK_FILE",
         "TMP_MARK", "RAY_STAGING_DIR", "FORMAT_FILES", "manifest_path", "trained_template_path", "shards_path",
         "shard_name", "shard_dir", "store_path", "errors_path", "stats_path", "query_bank_paths", "lock_path",
@@ -36,7 +38,8 @@ _EXPORTS = {
                  "read_trained_template", "new_shard_index"),
     "meta": ("META_COLUMNS", "build_meta_table"),
     "shards": ("ShardRef", "write_shard", "remove_unlisted", "open_shard_index", "open_shard_meta",
-               "load_shard_vectors"),
+               "load_shard_vectors", "load_shard_tokens"),
+    "tokens": ("TOKEN_PRECISIONS", "TokenMatrix"),
     "verify": ("verify_index",),
     "lock": ("writer_lock", "wipe_index"),
     "job": ("JOB_VERSION", "fingerprint_source", "job_record", "job_differences", "legacy_differences"),

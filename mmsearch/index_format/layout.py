@@ -5,6 +5,8 @@
     INDEX/shards/NNNNN/index.faiss    FAISS index whose search returns global int64 row ids
     INDEX/shards/NNNNN/meta.arrow     Arrow IPC file: id, modality, text, image, then metadata
     INDEX/shards/NNNNN/vectors.npy    optional float16 (rows, dim) vectors, row-aligned
+    INDEX/shards/NNNNN/tokens.npy     multi-vector models: every item's token vectors, flat (see .tokens)
+    INDEX/shards/NNNNN/token_offsets.npy, token_scales.npy   their row offsets, int8 scales
     INDEX/store.lmdb                  id -> row, embedding cache, tombstones, thumbnails
     INDEX/errors.jsonl                the rejections of the last run
     INDEX/stats.json                  counts and timings of the last run
@@ -32,6 +34,9 @@ SHARDS_DIR = "shards"
 INDEX_FILE = "index.faiss"
 META_FILE = "meta.arrow"
 VECTORS_FILE = "vectors.npy"
+TOKENS_FILE = "tokens.npy"                  # multi-vector models: (T, d) float16 or int8 token vectors
+TOKEN_OFFSETS_FILE = "token_offsets.npy"    # (rows + 1,) int64
+TOKEN_SCALES_FILE = "token_scales.npy"      # (T,) float32, int8 tokens only
 STORE_DIR = "store.lmdb"
 ERRORS_FILE = "errors.jsonl"
 STATS_FILE = "stats.json"

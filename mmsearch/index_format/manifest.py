@@ -22,7 +22,7 @@ from mmsearch.errors import IndexFormatError
 
 from .durable import atomic_write_json, sha256_file, utc_now
 from .fields import frozen_map, get_field
-from .layout import MANIFEST_FILE, VECTORS_FILE, PathLike, manifest_path
+from .layout import MANIFEST_FILE, TOKENS_FILE, VECTORS_FILE, PathLike, manifest_path
 from .model import ModelInfo
 
 FORMAT_VERSION = 1
@@ -112,6 +112,10 @@ class ShardInfo:
     @property
     def has_vectors(self) -> bool:
         return VECTORS_FILE in self.files
+
+    @property
+    def has_tokens(self) -> bool:
+        return TOKENS_FILE in self.files
 
     @property
     def bytes(self) -> int:

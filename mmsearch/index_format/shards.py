@@ -28,6 +28,7 @@ from .layout import (INDEX_FILE, META_FILE, SHARD_NAME, TMP_MARK, VECTORS_FILE, 
                      shards_path)
 from .manifest import FileInfo, ShardInfo, read_manifest
 from .meta import canonical_meta
+from .tokens import TokenMatrix, read_tokens, write_tokens
 
 _META_BATCH_ROWS = 1 << 16  # several record batches let duckdb/polars scan in parallel
 
@@ -62,7 +63,7 @@ def _is_listed(index_dir: Path, name: str) -> bool:
 
 
 def _write_files(d: Path, index: faiss.Index, meta: pa.Table,
-                 vectors: Optional[np.ndarray]) -> dict:
+                 vectors: Optional[np.ndarray], tokens: Optional[TokenMatrix] = None) -> dict:
     faiss.write_index(index, str(d / INDEX_FILE))
     fsync_file(d / INDEX_FILE)
     # Uncompressed IPC file: readers memory-map it and take rows without copying.
@@ -74,16 +75,20 @@ def _write_files(d: Path, index: faiss.Index, meta: pa.Table,
             np.save(f, vectors, allow_pickle=False)
             f.flush()
             os.fsync(f.fileno())
+    if tokens is not None:
+        write_tokens(d, tokens)
     return {p.name: FileInfo.of(p) for p in sorted(d.iterdir())}
 
 
 def write_shard(index_dir: PathLike, name: str, faiss_index: faiss.Index, ids: np.ndarray,
-                meta_table: pa.Table, vectors: Optional[np.ndarray] = None) -> ShardInfo:
+                meta_table: pa.Table, vectors: Optional[np.ndarray] = None,
+                tokens: Optional[TokenMatrix] = None) -> ShardInfo:
     """Write ``shards/<name>/`` completely and durably; return its ShardInfo.
 
     `ids` are the shard's global rows (contiguous int64), `faiss_index` must return
-    exactly those ids from search, `meta_table` and `vectors` (stored as float16) are
-    row-aligned with them. The shard is not visible until a manifest lists it.
+    exactly those ids from search, `meta_table`, `vectors` (stored as float16) and a
+    multi-vector model's `tokens` are row-aligned with them. The shard is not visible
+    until a manifest lists it.
     """
     index_dir = Path(index_dir)
     if not isinstance(name, str) or not SHARD_NAME.match(name):
@@ -99,6 +104,8 @@ def write_shard(index_dir: PathLike, name: str, faiss_index: faiss.Index, ids: n
         raise IndexFormatError(f"write_shard {name}: {problem}")
     meta = canonical_meta(meta_table, name, id_start, rows)
     vectors = _check_vectors(name, vectors, rows, index.d)
+    if tokens is not None:
+        tokens.check(f"write_shard {name}", rows)
     if _is_listed(index_dir, name):
         raise IndexFormatError(f"shard {name} is already committed in {index_dir}; "
                                f"write new rows to a new shard")
@@ -107,7 +114,7 @@ def write_shard(index_dir: PathLike, name: str, faiss_index: faiss.Index, ids: n
     tmp = shards / f"{TMP_MARK}{name}-{os.getpid()}-{secrets.token_hex(4)}"
     tmp.mkdir()
     try:
-        files = _write_files(tmp, index, meta, vectors)
+        files = _write_files(tmp, index, meta, vectors, tokens)
         fsync_dir(tmp)
         final = shards / name
         if final.exists():  # a stale, unlisted leftover of an earlier crashed run
@@ -216,3 +223,9 @@ def load_shard_vectors(index_dir: PathLike, shard: ShardRef, mmap: bool = True) 
         raise IndexFormatError(f"vectors {path} must be 2-d, got shape {vectors.shape}")
     _check_rows(shard, VECTORS_FILE, vectors.shape[0])
     return vectors
+
+
+def load_shard_tokens(index_dir: PathLike, shard: ShardRef, mmap: bool = True) -> TokenMatrix:
+    """A multi-vector shard's token vectors (memory-mapped); see ShardInfo.has_tokens."""
+    rows = shard.rows if isinstance(shard, ShardInfo) else None
+    return read_tokens(shard_dir(index_dir, shard), rows, mmap)

@@ -11,10 +11,10 @@ from mmsearch.errors import IndexFormatError
 
 from .durable import sha256_file
 from .faiss_io import faiss_id_problem, read_trained_template
-from .layout import INDEX_FILE, META_FILE, VECTORS_FILE, PathLike, shard_dir
+from .layout import INDEX_FILE, META_FILE, TOKENS_FILE, VECTORS_FILE, PathLike, shard_dir
 from .manifest import FileInfo, ShardInfo, read_manifest
 from .meta import META_COLUMNS, meta_id_problem
-from .shards import load_shard_vectors, open_shard_index, open_shard_meta
+from .shards import load_shard_tokens, load_shard_vectors, open_shard_index, open_shard_meta
 
 
 def verify_index(index_dir: PathLike) -> List[str]:
@@ -68,7 +68,8 @@ def _verify_shard(index_dir: PathLike, shard: ShardInfo, dim: int, item_ids: lis
     folder = shard_dir(index_dir, shard)
     intact = {f for f, info in shard.files.items()
               if _file_problem(folder / f, info, problems, where)}
-    checks = {INDEX_FILE: _verify_faiss, META_FILE: _verify_meta, VECTORS_FILE: _verify_vectors}
+    checks = {INDEX_FILE: _verify_faiss, META_FILE: _verify_meta, VECTORS_FILE: _verify_vectors,
+              TOKENS_FILE: _verify_tokens}
     for filename, check in checks.items():
         if filename in intact:
             try:
@@ -106,4 +107,9 @@ def _verify_vectors(index_dir: PathLike, shard: ShardInfo, dim: int, _ids: list)
     vectors = load_shard_vectors(index_dir, shard.name)
     if vectors.shape != (shard.rows, dim) or vectors.dtype != np.float16:
         return f"{vectors.dtype} {vectors.shape}, expected float16 ({shard.rows}, {dim})"
+    return None
+
+
+def _verify_tokens(index_dir: PathLike, shard: ShardInfo, _dim: int, _ids: list) -> Optional[str]:
+    load_shard_tokens(index_dir, shard)  # offsets cover the rows and the matrix (raises IndexFormatError)
     return None
