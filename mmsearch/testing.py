@@ -11,6 +11,9 @@ tests exercise the real loading and encoding path. Same seed, same bytes of weig
 - ``qwen2_vl`` / ``qwen2_5_vl`` / ``qwen3_vl``: ``mmsearch.models.scratch.build_qwen`` at the
   test size (``TEST_SIZE``, DESIGN §8) unless ``size`` says otherwise; that module's
   docstring has the processor layout and how to load a Qwen processor without torchvision.
+- ``colqwen2`` / ``colqwen2_5``: transformers' ``ColQwen2ForRetrieval`` around the test-size
+  Qwen2-VL / Qwen2.5-VL (``embedding_dim`` ``COLQWEN2_DIM``), with the Qwen tokenizer and image
+  processor files (images up to ColQwen2's 768 merged tokens, so the family's own resize decides).
 - ``llava_next`` / ``clip`` / ``siglip``: the stock processor's ``save_pretrained``
   (transformers 5 writes ``processor_config.json`` with the image processor nested in it
   plus the processor-level settings: for LLaVA-NeXT ``patch_size``,
@@ -52,7 +55,9 @@ from mmsearch.models.scratch import (PADDING_SIDES, PATCH, QWEN_KINDS, QWEN_SPEC
 from mmsearch.train.init import copy_processor_files
 from mmsearch.train.settings import DEFAULT_LORA_TARGETS
 
-KINDS = QWEN_KINDS + ("llava_next", "clip", "siglip")
+KINDS = QWEN_KINDS + ("llava_next", "clip", "siglip")  # single-vector kinds
+COLQWEN_KINDS = {"colqwen2": "qwen2_vl", "colqwen2_5": "qwen2_5_vl"}  # multi-vector kinds -> the VLM inside
+ALL_KINDS = KINDS + tuple(COLQWEN_KINDS)
 
 LLAVA_SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>", "<image>")
 CLIP_SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
@@ -66,6 +71,9 @@ LLAVA_PINPOINTS = [[28, 56], [56, 28], [56, 56]]
 # Dual encoders.
 DUAL_HIDDEN = 32
 DUAL_IMAGE_SIZE = 28
+# ColQwen2: token vectors of 32 dimensions (128 on real checkpoints); images up to 768 merged tokens
+COLQWEN2_DIM = 32
+COLQWEN2_MAX_PIXELS = 768 * 28 * 28
 
 _CORPUS = (
     "a red bus parked on a city street",
@@ -137,7 +145,8 @@ _TOKENIZER_SPECS = {
     "siglip": dict(special_tokens=SIGLIP_SPECIAL_TOKENS, pad_token="</s>", eos_token="</s>", unk_token="<unk>",
                    add_eos_token=True, model_max_length=64),
 }
-_TOKENIZER_SPECS["qwen2_5_vl"] = _TOKENIZER_SPECS["qwen3_vl"] = _TOKENIZER_SPECS["qwen2_vl"]
+for _kind in ("qwen2_5_vl", "qwen3_vl", *COLQWEN_KINDS):
+    _TOKENIZER_SPECS[_kind] = _TOKENIZER_SPECS["qwen2_vl"]
 
 
 # ----------------------------------------------------------------------------- llava_next, clip, siglip
@@ -235,23 +244,37 @@ def _save_processor(kind: str, tokenizer, out_dir: pathlib.Path) -> None:
 
 def model_class(kind: str):
     """The transformers class that ``build_tiny_model(kind, ...)`` instantiates."""
-    check_choice("kind", kind, KINDS)
-    return scratch.model_class(kind)
+    check_choice("kind", kind, ALL_KINDS)
+    return scratch.model_class("colqwen2" if kind in COLQWEN_KINDS else kind)
+
+
+def _build_colqwen(kind: str, out_dir, tokenizer, size: QwenSize, seed: int) -> pathlib.Path:
+    from transformers import ColQwen2Config
+
+    vlm_kind = COLQWEN_KINDS[kind]
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config = ColQwen2Config(vlm_config=scratch.qwen_config(vlm_kind, tokenizer, size), embedding_dim=COLQWEN2_DIM)
+    scratch.save_random(model_class(kind), config, out_dir, seed)
+    scratch.save_qwen_processor(vlm_kind, tokenizer, out_dir, max_pixels=COLQWEN2_MAX_PIXELS)
+    return out_dir
 
 
 def build_tiny_model(kind: str, out_dir, *, seed: int = 0, padding_side: str = "right",
                      size: "QwenSize | None" = None) -> pathlib.Path:
-    """Build a tiny random ``kind`` checkpoint (one of ``KINDS``) in ``out_dir``; return its path.
+    """Build a tiny random ``kind`` checkpoint (one of ``ALL_KINDS``) in ``out_dir``; return its path.
 
     The directory holds config, safetensors weights, tokenizer (saved with
     ``padding_side``) and image processor config; see the module docstring. ``size``
-    (Qwen kinds only; default ``TEST_SIZE``) builds a larger Qwen, as benchmarks do.
+    (Qwen and ColQwen kinds only; default ``TEST_SIZE``) builds a larger Qwen, as benchmarks do.
     """
-    check_choice("kind", kind, KINDS)
+    check_choice("kind", kind, ALL_KINDS)
     check_choice("padding_side", padding_side, PADDING_SIDES)
     tokenizer = build_tiny_tokenizer(padding_side=padding_side, **_TOKENIZER_SPECS[kind])
     if kind in QWEN_KINDS:
         return scratch.build_qwen(kind, out_dir, tokenizer, size=size or TEST_SIZE, seed=seed)
+    if kind in COLQWEN_KINDS:
+        return _build_colqwen(kind, out_dir, tokenizer, size or TEST_SIZE, seed)
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     scratch.save_random(model_class(kind), _CONFIGS[kind](tokenizer), out_dir, seed)

@@ -74,7 +74,8 @@ def _run_options(p) -> None:
     p.add_argument("--device", default=BUILD["device"], help="auto (GPU with bf16 when present), cpu, cuda")
     p.add_argument("--dtype", default=BUILD["dtype"], help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32")
     p.add_argument("--batch-size", type=int, default=BUILD["batch_size"], help="inputs per forward pass")
-    p.add_argument("--workers", type=int, default=BUILD["workers"], help="decode worker threads (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=BUILD["workers"],
+                   help="decode worker threads; 0 decodes in the encoder thread (default: chosen from the cores)")
     p.add_argument("--max-errors", default=None,
                    help="fail (exit 1) when more items are rejected: a count (100) or a fraction (0.01, 1%%)")
     p.add_argument("--max-image-pixels", type=int, default=BUILD["max_image_pixels"],
@@ -112,6 +113,9 @@ def _build_parser(isub) -> None:
                                                    "IVF1024,PQ192x4fs,RFlat)")
     b.add_argument("--memory-budget", default=None, help="memory for the index at search time, e.g. 8G (default 4G); "
                         "auto keeps its refine vectors as float32, float16 or 8-bit codes to fit it")
+    b.add_argument("--target-recall", type=_recall_target, default=BUILD["recall_target"],
+                   help="recall@10 that auto's index choice and search defaults are calibrated to, on held-out "
+                        "queries (default: %(default)s)")
     b.add_argument("--shard-size", type=int, default=BUILD["shard_size"], help="rows per shard (default: %(default)s)")
     b.add_argument("--overwrite", "--fresh", dest="overwrite", action="store_true",
                    help="replace an index already in --out (needed when it was built from other sources or "
@@ -120,6 +124,19 @@ def _build_parser(isub) -> None:
                    help="typical queries for hubness reranking (" + QUERIES_FILE_HELP + "), embedded with --task's "
                         f"query instruction (none with --instruction) and stored as INDEX/{QUERY_BANK_FILE}")
     b.set_defaults(handler=run_build)
+
+
+def _recall_target(text: str) -> float:
+    """An argparse `type`: a recall in (0, 1]."""
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a recall in (0, 1], got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a recall in (0, 1], got {value}")
+    return value
 
 
 def _add_parser(isub) -> None:
@@ -199,7 +216,8 @@ def run_build(args) -> int:
     opts = _options(args)
     opts.update(encoder_options(args))
     opts.update(task=args.task, instruction=args.instruction, index=args.index,
-                memory_budget=parse_size(args.memory_budget), shard_size=args.shard_size, query_bank=args.query_bank)
+                memory_budget=parse_size(args.memory_budget), shard_size=args.shard_size, query_bank=args.query_bank,
+                recall_target=args.target_recall)
     return _finish(lambda: build_index(args.sources, args.out, model=args.model, overwrite=args.overwrite, **opts), args)
 
 
@@ -278,6 +296,10 @@ def run_info(args) -> int:
     print(f"model      {m['id']} ({m['backbone']}, dim {m['dim']}, {m['dtype']}, weights {m.get('weight_hash')})")
     print(f"family     {family}{adapter}")
     print(f"faiss      {d['faiss']['factory']} {dict(d['faiss'].get('search_params') or {})}")
+    cal = d["faiss"].get("calibration")
+    if cal:
+        print(f"calibrated recall@10 {cal['recall_at_10']} (target {cal['target']}, {cal['queries']} held-out "
+              f"queries over {cal['rows']} rows)")
     print(f"rows       {d['rows']} in {plural(d['shards'], 'shard')}, {d['deleted']} deleted, {d['live_rows']} live")
     print(f"modalities {', '.join(f'{k} {v}' for k, v in d['modalities'].items()) or '(none)'}")
     print(f"columns    {', '.join(d['columns'])}")

@@ -123,6 +123,7 @@ class Encoder(ABC):
     recipe: "Recipe"
     default_batch_size: int = 16
     max_pixels: Optional[int] = None
+    multi_vector: bool = False  # True: `encode(..., multi_vector=True)` gives token matrices (`multivector`)
     model_tasks: Mapping = MappingProxyType({})  # the model's own task prompts: name -> (query, candidate)
 
     def __init__(self, model, *, backbone: str, recipe: "Recipe", name: str, device, dtype, fingerprint: str,
@@ -173,16 +174,19 @@ class Encoder(ABC):
 
         `side` ("query" or "candidate") picks the family's prompt where the two differ;
         by default an Item is a candidate and everything else a query."""
+        return self.encode_requests(self.to_requests(inputs, instruction, side), batch_size=batch_size,
+                                    show_progress=show_progress)
+
+    def to_requests(self, inputs: Union[EncodeInput, Iterable[EncodeInput]], instruction: Instruction = None,
+                    side: Optional[str] = None) -> List[Request]:
+        """`encode`'s inputs resolved to requests (images decoded, instructions chosen)."""
         if isinstance(inputs, (str, Item, Query, Image.Image)):
             inputs = [inputs]
         inputs = list(inputs)
         n = len(inputs)
         check_side(side)
-        requests = [
-            to_request(x, _instruction_for(instruction, i, n), self.max_pixels, i, side, self.task_instruction)
-            for i, x in enumerate(inputs)
-        ]
-        return self.encode_requests(requests, batch_size=batch_size, show_progress=show_progress)
+        return [to_request(x, _instruction_for(instruction, i, n), self.max_pixels, i, side, self.task_instruction)
+                for i, x in enumerate(inputs)]
 
     def encode_requests(
         self, requests: Sequence[Request], batch_size: Optional[int] = None, show_progress: Optional[bool] = None
@@ -193,7 +197,7 @@ class Encoder(ABC):
             raise InputError(f"batch_size must be >= 1, got {batch_size}")
         out = np.empty((len(requests), self.dim), dtype=np.float32)
         batches = plan_batches(requests, bs)
-        bar = _progress(len(requests), show_progress and len(batches) > 0, show_progress is None and len(batches) > 1)
+        bar = progress_bar(len(requests), show_progress, len(batches))
         for idx in batches:
             out[idx] = self.encode_batch([requests[i] for i in idx])
             bar.update(len(idx))
@@ -205,8 +209,9 @@ class Encoder(ABC):
         """Encode one planned batch; rows L2-normalised float32."""
 
 
-def _progress(total: int, forced: bool, auto: bool):
+def progress_bar(total: int, show_progress: Optional[bool], n_batches: int):
+    """The encode progress bar: on when asked, or (None) on a terminal for more than one batch."""
     from tqdm.auto import tqdm
 
-    enabled = forced or (auto and sys.stderr.isatty())
+    enabled = (show_progress and n_batches > 0) or (show_progress is None and n_batches > 1 and sys.stderr.isatty())
     return tqdm(total=total, unit="item", desc="encode", disable=not enabled, dynamic_ncols=True)

@@ -24,6 +24,7 @@ from .dual import DUAL_BACKBONES, DualEncoder
 from .formatting import BACKBONES
 from .loading import (BUILTIN_MODELS, DEFAULT_MODEL, adapter_base, gpu_present, model_type, read_model_card,
                       resolve_device_dtype, resolve_model_path, weights_fingerprint)
+from .multivector import MultiVectorEncoder, vlm_backbone
 from .presets import Preset, preset_for
 from .processors import load_dual_processors, load_vlm_processor
 from .recipes import Recipe, recipe_for
@@ -36,6 +37,7 @@ MODEL_CLASSES = {
     "llava_next": "LlavaNextForConditionalGeneration",
     "clip": "CLIPModel",
     "siglip": "SiglipModel",
+    "colqwen2": "ColQwen2ForRetrieval",   # ColQwen2 and ColQwen2.5 (vlm_config qwen2_vl / qwen2_5_vl)
 }
 SUPPORTED = BACKBONES + DUAL_BACKBONES
 
@@ -88,6 +90,11 @@ def load_encoder(
         ck.recipe.check_dim(dim, enc.dim)
         return enc
     proc_dir = _processor_dir(ck.path, ck.weights_dir, ck.preset)
+    if ck.recipe.pooling == "tokens":  # a token-matrix model (ColQwen2)
+        processor = load_vlm_processor(proc_dir, vlm_backbone(net.config), ck.preset, stock=False)
+        enc = MultiVectorEncoder(net, processor, preset=ck.preset, processor_dir=proc_dir, tasks=ck.tasks, **common)
+        ck.recipe.check_dim(dim, enc.token_dim)
+        return enc
     if ck.jina_layout is not None and proc_dir == ck.path:
         processor = jina.load_processor(proc_dir, ck.preset)
     else:
@@ -173,6 +180,8 @@ def describe_checkpoint(model=None, family: Optional[str] = None, revision: Opti
             recipe = recipe.with_adapter(adapter, valid=valid)
     else:
         recipe = recipe.with_adapter(adapter)  # a folder with one task merged: its prompt rule
+    prefix = preset.query_prefix if preset.query_prefix is not None else card.get("query_prefix")
+    recipe = recipe.with_query_prefix(prefix)  # ColQwen2: the prefix its checkpoint was trained with
     if recipe.processor_pixels:  # the family's code sets them, whatever the checkpoint says; the call wins
         low, high = recipe.processor_pixels
         preset = preset.override(min_pixels=preset.min_pixels or low, max_pixels=preset.max_pixels or high)

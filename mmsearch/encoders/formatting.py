@@ -13,6 +13,7 @@ IMAGE_TOKENS = {
     "qwen3_vl": "<|image_pad|>",
     "llava_next": "<image>",
     "phi3_v": "<|image_1|>",
+    "colqwen2": "<|image_pad|>",   # ColQwen2 / ColQwen2.5: a Qwen2(.5)-VL inside (`multivector`)
 }
 BACKBONES = tuple(IMAGE_TOKENS)
 

@@ -132,12 +132,17 @@ def read_model_card(path: Path) -> dict:
             raise ModelLoadError(f"{card_path}: task {name!r} must be [query instruction, candidate instruction], "
                                  f"got {pair!r}")
         table[name] = tuple(pair)
-    return {"family": family, "tasks": table}
+    prefix = card.get("query_prefix")  # ColQwen2: the query prefix the checkpoint was trained with
+    if prefix is not None and not isinstance(prefix, str):
+        raise ModelLoadError(f"{card_path}: query_prefix must be a str, got {prefix!r}")
+    return {"family": family, "tasks": table, "query_prefix": prefix}
 
 
-def write_model_card(path: Path, family: str, tasks: Optional[dict] = None) -> None:
-    """Record in a checkpoint directory the family it embeds by (and its task prompts)."""
+def write_model_card(path: Path, family: str, tasks: Optional[dict] = None, query_prefix: Optional[str] = None) -> None:
+    """Record in a checkpoint directory the family it embeds by (its task prompts, its query prefix)."""
     card = {"family": family, "tasks": {k: list(v) for k, v in (tasks or {}).items()}}
+    if query_prefix is not None:
+        card["query_prefix"] = query_prefix
     (Path(path) / MODEL_CARD).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
 
 

@@ -25,6 +25,7 @@ class Preset:
     num_crops: Optional[int] = None         # Phi-3.5-V processor
     batch_size: Optional[int] = None
     adapter: Optional[str] = None           # the task adapter (jina-v4: retrieval, text-matching, code)
+    query_prefix: Optional[str] = None      # ColQwen2: the query prefix, over the checkpoint's mmsearch.json
 
     def override(self, **kwargs) -> "Preset":
         given = {k: v for k, v in kwargs.items() if v is not None}
@@ -72,6 +73,8 @@ KNOWN_CHECKPOINTS = {
                                                        adapter="retrieval"),
     "jinaai/jina-embeddings-v4-vllm-text-matching": Preset(family="jina_v4", backbone="qwen2_5_vl", dim=2048,
                                                            adapter="text-matching"),
+    # transformers' layout of vidore's ColQwen2 (trained with colpali_engine's "Query: " prefix, the family's)
+    "vidore/colqwen2-v1.0-hf": Preset(family="colqwen2", backbone="colqwen2", dim=128),
 }
 
 

@@ -45,14 +45,14 @@ def image_kwargs(backbone: str, preset: Preset) -> dict:
     return {}
 
 
-def _qwen_processor(path: Path, backbone: str, preset: Preset):
+def _qwen_processor(path: Path, backbone: str, preset: Preset, stock: bool = True):
     import transformers
 
     from .qwen_pixels import faster
 
     name = QWEN_PROCESSORS[backbone]
     bounds = image_kwargs(backbone, preset)
-    if torchvision_available():
+    if stock and torchvision_available():
         proc = transformers.AutoProcessor.from_pretrained(str(path), **bounds)
     else:
         image_processor = faster(transformers.AutoImageProcessor.from_pretrained(str(path), **bounds))
@@ -61,12 +61,14 @@ def _qwen_processor(path: Path, backbone: str, preset: Preset):
     return proc
 
 
-def load_vlm_processor(path: Path, backbone: str, preset: Preset):
+def load_vlm_processor(path: Path, backbone: str, preset: Preset, stock: bool = True):
+    """`stock=False`: a Qwen processor built from the tokenizer and image processor even when
+    the checkpoint names another processor class (ColQwen2's takes a text or an image, not both)."""
     import transformers
 
     try:
         if backbone in QWEN_PROCESSORS:
-            return _qwen_processor(path, backbone, preset)
+            return _qwen_processor(path, backbone, preset, stock)
         if backbone == "phi3_v":
             return transformers.AutoProcessor.from_pretrained(
                 str(path), trust_remote_code=True, num_crops=preset.num_crops or 4

@@ -32,6 +32,14 @@ written in the authors' code:
 - ``mmsearch``: VLM2Vec's strings with transformers' M-RoPE positions, the rule that
   mmsearch's trainer trained its own models with (the built-in ``mmsearch-tiny``).
 - ``clip`` / ``siglip``: dual encoders; image+text by UniIR score fusion (`dual`).
+- ``colqwen2`` (illuin-tech/colpali `colpali_engine`, ColQwen2 and ColQwen2.5 checkpoints in
+  transformers' ``ColQwen2ForRetrieval`` layout): multi-vector (`multivector`). Documents: the
+  fixed ``visual_prompt_prefix`` of `processing_colqwen2.py`; queries: ``query_prefix`` + text +
+  ``query_augmentation_token`` (``<|endoftext|>``) x10 (`processing_utils.py` `process_queries`).
+  The prefix is ``Query: `` up to colpali_engine 0.3.10 (what vidore's v1.0 checkpoints were
+  trained with), empty after; transformers' processor adds ``Query: `` and a trailing newline:
+  the recipe's ``query_prefix``, overridable per checkpoint (`mmsearch.json`). **M-RoPE** (its
+  model runs Qwen2-VL's own forward from ``input_ids``); every token's 128-d projection, L2.
 """
 from __future__ import annotations
 
@@ -45,7 +53,7 @@ from .formatting import IMAGE_TOKENS
 SIDES = ("query", "candidate")
 KINDS = ("text", "image", "image,text")
 POSITIONS = ("1d", "mrope")
-POOLINGS = ("last_token", "mean", "vision_span")
+POOLINGS = ("last_token", "mean", "vision_span", "tokens")  # tokens: one vector per token (multi-vector)
 
 VISION_SLOT = "<|vision_start|><|image_pad|><|vision_end|>"
 QWEN_BACKBONES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
@@ -61,10 +69,10 @@ class Template:
     sep: str = ""
     build: Optional[Callable[[str, str, str], str]] = None
 
-    def render(self, image: str, instruction: str, text: str) -> str:
+    def render(self, image: str, instruction: str, text: str, prefix: str = "") -> str:
         if self.build is not None:
             return self.build(image, instruction, text)
-        filled = (p.format(image=image, instruction=instruction, text=text) for p in self.parts)
+        filled = (p.format(image=image, instruction=instruction, text=text, prefix=prefix) for p in self.parts)
         return self.sep.join(p for p in filled if p)
 
 
@@ -112,7 +120,8 @@ class Recipe:
     processor_resizes: bool = True
     matryoshka: Tuple[int, ...] = ()         # listed sizes ...
     matryoshka_min: Optional[int] = None     # ... or any size from this one up
-    multi_vector: Optional[str] = None       # a multi-vector head the checkpoint has (not used yet)
+    multi_vector: Optional[str] = None       # a multi-vector head the checkpoint has (`multivector`)
+    query_prefix: str = ""                   # ``{prefix}`` in a template (ColQwen2's query prefix)
     rule: str = "1"                          # bumped when a rule changes; recorded in manifests
     adapters: Tuple[str, ...] = ()           # task adapters the family's checkpoints carry; the first is the default
     adapter_prompts: Mapping[str, Mapping[str, Template]] = field(default_factory=dict)  # per adapter, over `prompts`
@@ -145,7 +154,7 @@ class Recipe:
                                  f"not {kind}; encode the image and the text apart")
         slot = self.image_slot if self.image_slot is not None else IMAGE_TOKENS[backbone]
         return self.template(side, kind).render(slot if has_image else "", self.instruction(side, instruction),
-                                                text or "")
+                                                text or "", self.query_prefix)
 
     def check_dim(self, dim: Optional[int], full: int, listed: Optional[Sequence[int]] = None) -> Optional[int]:
         """`dim` if the family allows truncating to it (None or the full size: no truncation).
@@ -173,6 +182,17 @@ class Recipe:
 
     def with_overrides(self, **changes) -> "Recipe":
         return replace(self, **changes)
+
+    def with_query_prefix(self, prefix: Optional[str]) -> "Recipe":
+        """This recipe with a checkpoint's own query prefix (None: unchanged); a prefix other
+        than the family's is part of the rule an index records."""
+        if prefix is None or prefix == self.query_prefix:
+            return self
+        if not isinstance(prefix, str):
+            raise ModelLoadError(f"query_prefix={prefix!r}: expected a str")
+        if not any("{prefix}" in part for t in self.prompts.values() for part in t.parts):
+            raise ModelLoadError(f"query_prefix={prefix!r}: the {self.name} family's prompts take no query prefix")
+        return replace(self, query_prefix=prefix, rule=f"{self.rule};query_prefix={prefix!r}")
 
     def with_adapter(self, adapter: Optional[str], valid: Optional[Sequence[str]] = None) -> "Recipe":
         """This recipe under a task adapter: its prompt rules over the default ones. `valid`:
@@ -264,6 +284,28 @@ JINA_V4 = Recipe(
     adapter_prompts={"text-matching": {"candidate.text": Template(("Query: {text}",))}},
 )
 
+# ref: colpali_engine 0.3.10 models/qwen2/colqwen2/processing_colqwen2.py ColQwen2Processor
+COLQWEN2_DOCUMENT = ("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Describe the image."
+                     "<|im_end|><|endoftext|>")
+COLQWEN2_AUGMENTATION = "<|endoftext|>" * 10  # query_augmentation_token x10 (process_queries' default suffix)
+
+COLQWEN2 = Recipe(
+    name="colqwen2",
+    description="ColQwen2 / ColQwen2.5 (colpali_engine): multi-vector, a 128-d vector per token; "
+                "Query: prefix + text + <|endoftext|>x10, fixed document prompt; M-RoPE; MaxSim",
+    backbones=("colqwen2",),
+    prompts={"text": Template(("{prefix}{text}" + COLQWEN2_AUGMENTATION,)), "image": Template((COLQWEN2_DOCUMENT,))},
+    image_slot=VISION_SLOT,
+    positions="mrope",
+    pooling="tokens",
+    takes_instruction=False,
+    kinds=("text", "image"),
+    # ref: ColQwen2Processor (colpali_engine <= 0.3.x): smart_resize, factor 28, 4..768 merged tokens
+    resize=ImageBounds(28, 4 * 28 * 28, 768 * 28 * 28),
+    multi_vector="colqwen2",
+    query_prefix="Query: ",
+)
+
 CLIP = Recipe(
     name="clip",
     description="CLIP dual encoder; image+text by UniIR score fusion",
@@ -274,9 +316,10 @@ CLIP = Recipe(
 SIGLIP = replace(CLIP, name="siglip", description="SigLIP dual encoder; image+text by UniIR score fusion",
                  backbones=("siglip",))
 
-FAMILIES: Dict[str, Recipe] = {r.name: r for r in (VLM2VEC, GME, QWEN3_VL_EMBEDDING, JINA_V4, MMSEARCH, CLIP, SIGLIP)}
+FAMILIES: Dict[str, Recipe] = {r.name: r for r in (VLM2VEC, GME, QWEN3_VL_EMBEDDING, JINA_V4, MMSEARCH, CLIP, SIGLIP,
+                                                    COLQWEN2)}
 DEFAULT_FAMILY = {"qwen2_vl": "vlm2vec", "qwen2_5_vl": "vlm2vec", "llava_next": "vlm2vec", "phi3_v": "vlm2vec",
-                  "qwen3_vl": "qwen3_vl_embedding", "clip": "clip", "siglip": "siglip"}
+                  "qwen3_vl": "qwen3_vl_embedding", "clip": "clip", "siglip": "siglip", "colqwen2": "colqwen2"}
 
 
 def format_input(backbone: str, text: Optional[str], instruction: Optional[str], has_image: bool,

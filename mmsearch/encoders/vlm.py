@@ -113,7 +113,8 @@ class VLMEncoder(Encoder):
 
 
 def _hidden_size(config) -> int:
-    for cfg in (getattr(config, "text_config", None), config):
+    inner = getattr(config, "vlm_config", None)  # ColQwen2: the VLM's config is nested
+    for cfg in (getattr(config, "text_config", None), getattr(inner, "text_config", None), config):
         if cfg is not None and getattr(cfg, "hidden_size", None):
             return cfg.hidden_size
     raise ValueError(f"cannot find hidden_size in config of type {config.model_type}")

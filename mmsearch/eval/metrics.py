@@ -2,14 +2,17 @@
 
 Definitions follow the benchmarks: M-BEIR's Recall@k is hit@k (1 when any
 relevant candidate is in the top k); nDCG@k uses binary gains and the ideal
-ranking of all relevant candidates (as trec_eval); MRR@k is the reciprocal
+ranking of all relevant candidates (as trec_eval), or graded gains when the
+relevant candidates come as a mapping id -> gain (trec_eval's linear gains, as BEIR
+reports); BEIR's recall@k (`recall_at`) is the fraction of the relevant candidates
+found in the top k; MRR@k is the reciprocal
 rank of the first relevant candidate within k. Tests cross-check these with
 trec_eval (pytrec_eval) on random runs.
 """
 from __future__ import annotations
 
 import math
-from typing import Dict, Iterable, List, Mapping, Sequence, Set
+from typing import Collection, Dict, Iterable, List, Mapping, Sequence, Set, Union
 
 Run = Mapping[str, Sequence[str]]
 Qrels = Mapping[str, Set[str]]
@@ -19,9 +22,16 @@ def hit_at(ranked: Sequence[str], relevant: Set[str], k: int) -> float:
     return 1.0 if any(d in relevant for d in ranked[:k]) else 0.0
 
 
-def ndcg_at(ranked: Sequence[str], relevant: Set[str], k: int) -> float:
-    dcg = sum(1.0 / math.log2(i + 2) for i, d in enumerate(ranked[:k]) if d in relevant)
-    ideal = sum(1.0 / math.log2(i + 2) for i in range(min(len(relevant), k)))
+def recall_at(ranked: Sequence[str], relevant: Collection[str], k: int) -> float:
+    return sum(1 for d in ranked[:k] if d in relevant) / len(relevant) if relevant else 0.0
+
+
+def ndcg_at(ranked: Sequence[str], relevant: Union[Set[str], Mapping[str, float]], k: int) -> float:
+    """Binary gains for a set of relevant ids; graded gains for a mapping id -> gain."""
+    gains = relevant if isinstance(relevant, Mapping) else dict.fromkeys(relevant, 1.0)
+    dcg = sum(gains.get(d, 0.0) / math.log2(i + 2) for i, d in enumerate(ranked[:k]))
+    best = sorted((g for g in gains.values() if g > 0), reverse=True)[:k]
+    ideal = sum(g / math.log2(i + 2) for i, g in enumerate(best))
     return dcg / ideal if ideal else 0.0
 
 

@@ -65,6 +65,8 @@ class FaissSpec:
     trained_path: Optional[str] = None
     trained_file: Optional[FileInfo] = None
     search_params: Mapping[str, Any] = field(default_factory=dict)
+    # what the build measured for those defaults: recall@10 on held-out queries, the target, ...
+    calibration: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.factory, str) or not self.factory:
@@ -72,13 +74,16 @@ class FaissSpec:
         if (self.trained_path is None) != (self.trained_file is None):
             raise IndexFormatError("faiss trained template needs both a path and its checksum")
         object.__setattr__(self, "search_params", frozen_map(self.search_params))
+        object.__setattr__(self, "calibration", frozen_map(self.calibration))
 
     def to_dict(self) -> dict:
         trained = None
         if self.trained_path is not None:
             trained = {"path": self.trained_path, **self.trained_file.to_dict()}
-        return {"factory": self.factory, "trained": trained,
-                "search_params": dict(self.search_params)}
+        out = {"factory": self.factory, "trained": trained, "search_params": dict(self.search_params)}
+        if self.calibration:
+            out["calibration"] = json.loads(json.dumps(self.calibration, default=dict))
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "FaissSpec":
@@ -87,7 +92,8 @@ class FaissSpec:
         return cls(factory=get_field(d, "factory", "faiss", str),
                    trained_path=None if trained is None else get_field(trained, "path", where, str),
                    trained_file=None if trained is None else FileInfo.from_dict(trained, where),
-                   search_params=get_field(d, "search_params", "faiss", Mapping, optional=True) or {})
+                   search_params=get_field(d, "search_params", "faiss", Mapping, optional=True) or {},
+                   calibration=get_field(d, "calibration", "faiss", Mapping, optional=True) or {})
 
 
 @dataclass(frozen=True)

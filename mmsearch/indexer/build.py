@@ -292,7 +292,8 @@ def _runner(cluster, paths, out, settings, encoder, store, writer, instructions,
 
 def _write_stats(out: Path, stats: RunStats, settings: BuildSettings, writer: ShardWriter, plan,
                  engine: dict) -> None:
-    extra = {"batch_size": settings.batch_size, "index": plan.factory, "tuning": writer.tuning,
+    factory = writer.manifest.faiss.factory if writer.manifest else plan.factory  # auto's choice, once made
+    extra = {"batch_size": settings.batch_size, "index": factory, "tuning": writer.tuning,
              "shard_size": settings.shard_size, **engine}
     atomic_write_json(stats_path(out), stats.to_dict(engine["workers"], extra, encoders=engine["encoders"]))
 

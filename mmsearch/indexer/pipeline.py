@@ -1,14 +1,19 @@
 """The local engine: reader -> decode pool -> batched encoder -> shard writer.
 
-Stages are joined by bounded queues, so decoding (a thread pool: Pillow
-releases the GIL while decoding) overlaps the model, and a slow writer or
-model holds the reader back instead of filling memory. The reader keeps
-input order: it queues futures, and the encoder takes them in order, so two
-runs over the same input give the same rows.
+Stages are joined by bounded queues, so a slow writer or model holds the
+reader back instead of filling memory. Threads follow a budget
+(`threads.plan_threads`): decode workers and torch's threads never outnumber
+the cores, since a decode thread that takes a core from torch slows every
+forward pass more than it saves. With decode workers (Pillow releases the GIL
+while decoding) decoding overlaps the model; with none, the encoder thread
+decodes each item as it takes it. The reader keeps input order: it queues
+futures, and the encoder takes them in order, so two runs over the same input
+give the same rows.
 """
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import List, Optional
@@ -23,6 +28,7 @@ from .routing import REJECT, SKIP, Router
 from .settings import BuildSettings
 from .sources import iter_sources
 from .stats import RunStats
+from .threads import available_cores, plan_threads, torch_threads
 from .writer import ShardWriter, warm_up_arrow
 
 _END = object()
@@ -34,6 +40,40 @@ def _done(value) -> Future:
     f: Future = Future()
     f.set_result(value)
     return f
+
+
+class _Deferred:
+    """A call made by whoever first asks for its result: the encoder thread, when no worker decodes."""
+
+    __slots__ = ("_call", "_value")
+
+    def __init__(self, fn, arg):
+        self._call = (fn, arg)
+
+    def result(self):
+        if self._call is not None:
+            fn, arg = self._call
+            self._value, self._call = fn(arg), None
+        return self._value
+
+
+class _InlineDecoder:
+    """The executor of a run without decode workers (the `ThreadPoolExecutor` calls the pipeline uses)."""
+
+    def submit(self, fn, arg) -> _Deferred:
+        return _Deferred(fn, arg)
+
+    def __enter__(self) -> "_InlineDecoder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+def _decoder(workers: int):
+    if workers == 0:
+        return _InlineDecoder()
+    return ThreadPoolExecutor(workers, thread_name_prefix="mmsearch-decode")
 
 
 class Pipeline:
@@ -53,13 +93,16 @@ class Pipeline:
         self.progress = progress
         self.failure: Optional[BaseException] = None
         self.router = Router(settings.existing, exists)
+        self.threads = plan_threads(available_cores(), settings.workers)
         self._stop = threading.Event()
 
     def describe(self) -> dict:
-        return {"engine": "local", "workers": self.s.workers, "encoders": 1}
+        t = self.threads
+        return {"engine": "local", "workers": t.decode_workers, "torch_threads": t.torch_threads, "cores": t.cores,
+                "encoders": 1}
 
     # --- stage 1: read (one thread; sources such as PDFs are not thread-safe) -------------
-    def _read(self, pool: ThreadPoolExecutor, out: "queue.Queue") -> None:
+    def _read(self, pool, out: "queue.Queue") -> None:
         try:
             records = iter(iter_sources(self.sources, kind=self.s.source_kind, **dict(self.s.source_options)))
             while not self._stop.is_set():
@@ -74,7 +117,7 @@ class Pipeline:
         finally:
             out.put(_END)
 
-    def _route(self, rec, pool: ThreadPoolExecutor) -> Future:
+    def _route(self, rec, pool):
         route = self.router.route(rec)
         if route.action == REJECT:
             return _done(route.rejection)
@@ -84,7 +127,7 @@ class Pipeline:
             self.stats.add(updated=1)
         return pool.submit(self._prepare, rec)
 
-    # --- stage 2: decode (worker pool) ----------------------------------------------------
+    # --- stage 2: decode (worker pool, or the encoder thread) ------------------------------
     def _prepare(self, rec):
         with self.stats.timed("decode"):
             return prepare(rec, self.instructions, self.s.max_image_pixels, self.s.thumbnails)
@@ -140,9 +183,11 @@ class Pipeline:
         inflight: "queue.Queue" = queue.Queue(maxsize=self.s.queue_size)
         self._writes: "queue.Queue" = queue.Queue(maxsize=4)
         chunk_size = (self.s.batch_size or self.encoder.default_batch_size) * CHUNK_BATCHES
+        if self.s.show_progress:
+            print(self.threads.describe(), file=sys.stderr)
         writer = threading.Thread(target=self._writer_loop, name="mmsearch-writer", daemon=True)
         writer.start()
-        with ThreadPoolExecutor(self.s.workers, thread_name_prefix="mmsearch-decode") as pool:
+        with torch_threads(self.threads.torch_threads), _decoder(self.threads.decode_workers) as pool:
             reader = threading.Thread(target=self._read, args=(pool, inflight), name="mmsearch-reader", daemon=True)
             reader.start()
             try:

@@ -1,34 +1,40 @@
-"""Choosing, training and tuning the FAISS index of an index build.
+"""Choosing, training and calibrating the FAISS index of an index build.
 
-`auto` follows what was measured on this kind of machine (DESIGN.md §8):
-exact Flat while it is fast enough; beyond that IVF with 4-bit fast-scan PQ
-plus an exact refine stage (the fastest at recall@10 >= 0.95 here, ~25k QPS
-at 200k x 768), with nprobe and the refine depth tuned on the data to a recall
-target. When the full float32 vectors don't fit the memory budget, the refine
-stage keeps them as float16, then as 8-bit scalar codes; only when even those
-don't fit is it dropped (4-bit PQ alone: recall@10 0.13 at 1M x 1536, measured).
+`auto` is decided by measuring, not by rule: below FLAT_MAX_ROWS exact Flat; above,
+each candidate (IVF with 4-bit fast-scan PQ plus a refine stage, and HNSW32 built like
+hnswlib's M 32 / efConstruction 200) is built on the training sample minus 1,000
+held-out rows, its knobs are swept to the recall target on those held-out queries, and
+the cheapest per query wins (calibrate.py). Gaussian mixtures favour IVF (~25k QPS at
+200k x 768 here); real sentence embeddings favour HNSW (IVF1024 with PQ and refine
+never reached 0.95 at nprobe <= 64 on MiniLM vectors). When the full float32 vectors
+don't fit the memory budget, the refine stage keeps them as float16, then as 8-bit
+codes, and HNSW (which keeps them all) is not a candidate; only when even those don't
+fit is the refine stage dropped (4-bit PQ alone: recall@10 0.13 at 1M x 1536).
 """
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
 from ..errors import InputError
+from . import calibrate as cal
 
 FLAT_MAX_ROWS = 50_000          # exact search stays within a few ms below this
 DEFAULT_BUDGET = 4 << 30
-TUNE_QUERIES = 256
+HNSW = "HNSW32"
+HNSW_EF_CONSTRUCTION = 200      # as hnswlib's usual M 32 / efConstruction 200
+HNSW_BYTES_PER_ROW = 32 * 2 * 4 + 16   # level-0 links (2M int32) + levels, beside the vectors
+MIN_CALIBRATION_ROWS = 20      # a sample smaller than this is not calibrated (10% held out: 2 queries)
+PROBE_ROWS = 10_000             # a graph candidate is first measured on this many rows (see choose)
 # k-means points per IVF list: faiss samples up to 256 per list, but on a CPU that
 # costs ~an hour at 1M x 768 (4096 lists); 40 per list (above faiss's 39-point
 # warning) trains in minutes and, with the refine stage, costs little recall.
 TRAIN_PER_LIST = (40, 256)
 TRAIN_MIN = 100_000
-NPROBES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
-K_FACTORS = (8, 16, 32, 64, 128, 256)   # refine candidates per result, tried by tune_filled
 # Refine stages from the most to the least exact, with the bytes each keeps per dimension.
 REFINES = (("RFlat", 4), ("Refine(SQfp16)", 2), ("Refine(SQ8)", 1))
 
@@ -38,10 +44,13 @@ class Plan:
     factory: str
     nlist: int = 0
     search_params: Optional[dict] = None
+    # `auto` on a large corpus: factories measured on the sample, the cheapest at the target wins
+    candidates: Tuple[str, ...] = ()
 
     @property
     def needs_training(self) -> bool:
-        return self.nlist > 0
+        """Whether the build waits for a sample: to train IVF, or to measure `candidates`."""
+        return self.nlist > 0 or len(self.candidates) > 1
 
 
 def _pq_m(dim: int) -> int:
@@ -53,18 +62,24 @@ def _pq_m(dim: int) -> int:
 
 
 def choose_factory(n_rows: int, dim: int, memory_budget: Optional[int] = None) -> str:
-    """The `auto` policy: an index_factory string from the row count and a memory budget."""
+    """The first of `auto`'s candidates (all of them are measured at build time)."""
+    return auto_candidates(n_rows, dim, memory_budget)[0]
+
+
+def auto_candidates(n_rows: int, dim: int, memory_budget: Optional[int] = None) -> Tuple[str, ...]:
+    """The index_factory strings `auto` measures for this row count and memory budget."""
     budget = memory_budget or DEFAULT_BUDGET
     if n_rows <= FLAT_MAX_ROWS and n_rows * dim * 4 <= budget:
-        return "Flat"
+        return ("Flat",)
     nlist = int(min(65536, max(64, 2 ** round(math.log2(4 * math.sqrt(max(n_rows, 1)))))))
     m = _pq_m(dim)
     codes = n_rows * (m // 2 + 8)                 # 4-bit codes + int64 ids
+    hnsw = (HNSW,) if n_rows * (dim * 4 + HNSW_BYTES_PER_ROW + 8) <= budget else ()
     for refine, per_dim in REFINES:
         if codes + n_rows * dim * per_dim <= budget:
-            return f"IVF{nlist},PQ{m}x4fs,{refine}"
+            return (f"IVF{nlist},PQ{m}x4fs,{refine}",) + hnsw
     if codes <= budget:
-        return f"IVF{nlist},PQ{m}x4fs"
+        return (f"IVF{nlist},PQ{m}x4fs",)
     raise InputError(f"{n_rows} vectors of dim {dim} need at least {codes / 2**30:.2f} GiB even as 4-bit PQ codes; "
                      f"--memory-budget is {budget / 2**30:.2f} GiB")
 
@@ -79,14 +94,17 @@ def plan(factory: str, dim: int, n_rows: int, memory_budget: Optional[int]) -> P
     """Resolve `auto` and validate an explicit factory string by building it once."""
     import faiss
 
-    spec = choose_factory(n_rows, dim, memory_budget) if factory == "auto" else factory
-    try:
-        probe = faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
-    except RuntimeError as e:
-        raise InputError(f"--index {spec!r} is not a valid faiss index_factory string for dim {dim}: "
-                         f"{str(e).splitlines()[-1][:200]}") from None
-    ivf = _ivf_of(probe)
-    return Plan(spec, nlist=int(ivf.nlist) if (ivf is not None and not probe.is_trained) else 0)
+    candidates = auto_candidates(n_rows, dim, memory_budget) if factory == "auto" else (factory,)
+    nlist = 0
+    for spec in candidates:
+        try:
+            probe = faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
+        except RuntimeError as e:
+            raise InputError(f"--index {spec!r} is not a valid faiss index_factory string for dim {dim}: "
+                             f"{str(e).splitlines()[-1][:200]}") from None
+        ivf = _ivf_of(probe)
+        nlist = max(nlist, int(ivf.nlist) if (ivf is not None and not probe.is_trained) else 0)
+    return Plan(candidates[0], nlist=nlist, candidates=candidates)
 
 
 def _ivf_of(index):
@@ -105,11 +123,22 @@ def train_size(p: Plan, requested: Optional[int]) -> int:
     return int(requested or min(high * p.nlist, max(low * p.nlist, TRAIN_MIN)))
 
 
+def empty_index(factory: str, dim: int):
+    """A new index for `factory`; HNSW graphs built as carefully as hnswlib's usual setting."""
+    import faiss
+
+    index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    hnsw = getattr(faiss.downcast_index(index), "hnsw", None)
+    if hnsw is not None:
+        hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+    return index
+
+
 def train(p: Plan, dim: int, sample: np.ndarray):
     """A trained, empty index. Uses every GPU when faiss has any (faiss-gpu)."""
     import faiss
 
-    index = faiss.index_factory(dim, p.factory, faiss.METRIC_INNER_PRODUCT)
+    index = empty_index(p.factory, dim)
     if index.is_trained:
         return index
     if len(sample) < p.nlist:
@@ -124,72 +153,100 @@ def train(p: Plan, dim: int, sample: np.ndarray):
     return index
 
 
-def tune(template, factory: str, vectors: np.ndarray, target: float, k: int = 10) -> dict:
-    """Search defaults reaching recall@k >= target, measured on a copy of the trained
-    `template` filled with `vectors` and queried with a sample of them (`tune_filled`)."""
+SEARCH_KNOBS = ("nprobe", "k_factor", "efSearch")
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The index a build uses: its factory, trained empty template, calibrated knobs, and
+    what was measured (recorded in the manifest as `faiss.calibration`)."""
+
+    factory: str
+    template: object
+    setting: cal.Setting
+    calibration: Dict[str, object] = field(default_factory=dict)
+
+    @property
+    def tuning(self) -> dict:
+        return self.setting.to_dict()
+
+
+def search_defaults(tuning: dict) -> dict:
+    """The search knobs of a tuning record (dropping its recall and QPS)."""
+    return {k: v for k, v in tuning.items() if k in SEARCH_KNOBS}
+
+
+def choose(p: Plan, dim: int, sample: np.ndarray, target: float, k: int = 10) -> Choice:
+    """Build each candidate of `p` on `sample` minus held-out rows, calibrate its knobs to
+    `target` on those rows, and keep the cheapest that reaches it (else the most accurate).
+    The template of the winner is trained on the sample without the held-out rows."""
+    if len(sample) < MIN_CALIBRATION_ROWS:  # too few rows to hold any out: faiss's own defaults
+        factory = (p.candidates or (p.factory,))[0]
+        return Choice(factory, train(Plan(factory, nlist=p.nlist), dim, sample), cal.Setting())
+    base, queries = cal.held_out_split(sample)
+    truth = cal.exact_neighbours(base, queries, k)
+    aim = min(target + cal.MARGIN, 1.0)
+    measured, notes = {}, {}
+    for factory in p.candidates or (p.factory,):
+        best = min((s.seconds_per_query for _, s in measured.values() if s.recall >= aim), default=None)
+        t0 = time.perf_counter()
+        slower = _graph_slower_than(factory, dim, base, queries, target, best)
+        if slower:
+            notes[factory] = {"skipped": slower, "seconds": round(time.perf_counter() - t0, 1)}
+            continue
+        template = train(Plan(factory, nlist=p.nlist), dim, base)
+        measured[factory] = (template, _measure(template, base, queries, truth, target))
+        notes[factory] = {"seconds": round(time.perf_counter() - t0, 1)}   # to build and calibrate
+    factory = min(measured, key=lambda f: (measured[f][1].recall < aim,
+                                           measured[f][1].seconds_per_query if measured[f][1].recall >= aim
+                                           else -measured[f][1].recall))
+    template, setting = measured[factory]
+    calibration = {"recall_at_10": round(setting.recall, 4), "target": target, "queries": len(queries),
+                   "rows": len(base), "held_out": "sample rows not indexed",
+                   "candidates": {f: {**(measured[f][1].to_dict() if f in measured else {}), **notes[f]}
+                                  for f in notes}}
+    return Choice(factory, template, setting, calibration)
+
+
+def _measure(template, base: np.ndarray, queries: np.ndarray, truth: np.ndarray, target: float) -> cal.Setting:
     import faiss
 
-    if _ivf_of(template) is None or len(vectors) == 0:
-        return {}
     index = faiss.clone_index(template)
-    index.add(np.ascontiguousarray(vectors, dtype=np.float32))
-    return tune_filled(index, factory, vectors, target, k)
+    index.add(base)
+    return cal.calibrate(index, queries, truth, target)
 
 
-def tune_filled(index, factory: str, vectors: np.ndarray, target: float, k: int = 10) -> dict:
-    """The fastest (nprobe, k_factor) reaching recall@k >= target on `index` (holding
-    `vectors`), against exact search for a sample of them as queries.
+def _graph_slower_than(factory: str, dim: int, base: np.ndarray, queries: np.ndarray, target: float,
+                       best: Optional[float]) -> Optional[str]:
+    """Why a graph candidate cannot win, or None. Its cost per query grows with the rows, so
+    when it is already slower at the target on PROBE_ROWS rows than the best candidate on the
+    whole sample, building it on the whole sample (the costly part of measuring) is skipped."""
+    if best is None or "HNSW" not in factory or len(base) <= 2 * PROBE_ROWS:
+        return None
+    small = base[np.random.default_rng(1).choice(len(base), PROBE_ROWS, replace=False)]
+    setting = _measure(empty_index(factory, dim), small, queries, cal.exact_neighbours(small, queries, 10), target)
+    if setting.seconds_per_query <= best:
+        return None
+    return (f"on {PROBE_ROWS} rows already {setting.seconds_per_query * 1e6:.0f} us/query at recall "
+            f"{setting.recall:.3f}, slower than the best candidate's {best * 1e6:.0f} us on {len(base)} rows")
 
-    nprobe alone is not enough: with more vectors, more of them outrank the true
-    neighbours on their PQ codes, so the refine stage must see more candidates
-    (at 1M x 768, k_factor 8 caps recall near 0.5 at any nprobe; 128 reaches 1.0).
-    For each k_factor the smallest sufficient nprobe is found, then the pairs are
-    timed. Returns the best effort (highest recall) when none reaches the target."""
+
+def tune_filled(index, vectors: np.ndarray, target: float, k: int = 10, id_offset: int = 0) -> dict:
+    """Re-calibrate an IVF index filled with `vectors` (ids `id_offset` + position): held-out
+    rows are hidden from the search by a selector and from the truth, so for IVF (whose
+    lists don't depend on them) this equals indexing without them. {} for other kinds:
+    an HNSW graph is shaped by its rows, so hiding them would flatter it."""
     import faiss
 
-    ivf = _ivf_of(index)
-    if ivf is None or len(vectors) == 0:
+    if cal.index_kind(index) not in ("ivf", "ivf_refine") or len(vectors) < 20:
         return {}
     rng = np.random.default_rng(0)
-    q = vectors[rng.choice(len(vectors), size=min(TUNE_QUERIES, len(vectors)), replace=False)]
-    q = np.ascontiguousarray(q, dtype=np.float32)
-    _, truth = faiss.knn(q, np.ascontiguousarray(vectors, dtype=np.float32), min(k, len(vectors)),
-                         metric=faiss.METRIC_INNER_PRODUCT)
-    refine = has_refine(factory)
-    reached, best_effort = [], None
-    for k_factor in (K_FACTORS if refine else (None,)):
-        previous = -1.0
-        for nprobe in (n for n in NPROBES if n <= ivf.nlist):
-            params = _params(nprobe, k_factor)
-            recall = _recall(index.search(q, truth.shape[1], params=params)[1], truth)
-            found = {"nprobe": nprobe, "recall_at_10": round(recall, 4), **({"k_factor": k_factor} if refine else {})}
-            if best_effort is None or recall > best_effort["recall_at_10"]:
-                best_effort = found
-            if recall >= target:
-                reached.append((_seconds(index, q, truth.shape[1], params), found))
-                break
-            if recall <= previous:  # more lists no longer help: the refine stage is the limit
-                break
-            previous = recall
-    return min(reached, key=lambda r: r[0])[1] if reached else best_effort
-
-
-def _params(nprobe: int, k_factor: Optional[int]):
-    import faiss
-
-    params = faiss.SearchParametersIVF(nprobe=nprobe)
-    return params if k_factor is None else faiss.IndexRefineSearchParameters(k_factor=k_factor,
-                                                                             base_index_params=params)
-
-
-def _recall(got: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.mean([len(set(g) & set(t)) / len(t) for g, t in zip(got, truth)]))
-
-
-def _seconds(index, q: np.ndarray, k: int, params, repeat: int = 2) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        index.search(q, k, params=params)
-        best = min(best, time.perf_counter() - t0)
-    return best
+    rows = np.sort(rng.choice(len(vectors), min(cal.HELD_OUT, len(vectors) // 10), replace=False))
+    keep = np.setdiff1d(np.arange(len(vectors)), rows)
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    truth = keep[cal.exact_neighbours(np.ascontiguousarray(x[keep]), x[rows], k)]
+    # the selector works in the label space of the level that scans codes: an IDMap's inner positions
+    wrapped = isinstance(faiss.downcast_index(index), faiss.IndexIDMap)
+    hidden = faiss.IDSelectorBatch(rows if wrapped else rows + id_offset)
+    selector = faiss.IDSelectorNot(hidden)
+    return cal.calibrate(index, np.ascontiguousarray(x[rows]), truth, target, id_offset, selector).to_dict()

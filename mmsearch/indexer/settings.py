@@ -33,7 +33,7 @@ class BuildSettings:
     memory_budget: Optional[int] = None  # bytes for the search-time index; None = 4 GiB
     shard_size: int = 100_000
     batch_size: Optional[int] = None
-    workers: int = 2
+    workers: Optional[int] = None        # decode threads; None: from the cores (threads.plan_threads), 0: inline
     store_vectors: bool = True           # shards/NNNNN/vectors.npy (float16) for refine/compact
     thumbnails: bool = True
     max_errors: Union[int, float, None] = None  # a count (>=1) or a fraction (<1) of items read
@@ -44,7 +44,7 @@ class BuildSettings:
     queue_size: int = 256                # in-flight decoded items (backpressure)
     train_size: Optional[int] = None     # vectors to train IVF on; None = picked from nlist
     show_progress: bool = False
-    recall_target: float = 0.95          # auto-tuning of nprobe for ANN indexes
+    recall_target: float = 0.95          # recall@10 auto's index and search defaults are calibrated to (held out)
     engine: str = "local"                # "local" (threads in this process) or "ray" (Ray Data)
     ray_address: Optional[str] = None    # None: $RAY_ADDRESS, a `ray start` cluster here, or a new local one
     partition_size: int = 10_000         # records per partition (unit of work, retry and resume on Ray)
@@ -55,16 +55,21 @@ class BuildSettings:
     query_bank: Any = None
 
     def __post_init__(self) -> None:
-        for name in ("shard_size", "workers", "queue_size", "partition_size"):
+        for name in ("shard_size", "queue_size", "partition_size"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise InputError(f"{name} must be a positive integer, got {v!r}")
+        if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 0):
+            raise InputError(f"workers must be an integer >= 0 (0: decode in the encoder thread) or None "
+                             f"(chosen from the cores), got {self.workers!r}")
         if self.batch_size is not None and self.batch_size < 1:
             raise InputError(f"batch_size must be a positive integer, got {self.batch_size!r}")
         if self.existing not in EXISTING_POLICIES:
             raise InputError(f"existing={self.existing!r}; valid: {', '.join(EXISTING_POLICIES)}")
         if self.task is not None and self.instruction is not None:
             raise InputError("give either task or instruction, not both")
+        if not (isinstance(self.recall_target, (int, float)) and 0 < self.recall_target <= 1):
+            raise InputError(f"recall_target must be a recall in (0, 1], got {self.recall_target!r}")
         if self.max_errors is not None and (self.max_errors < 0):
             raise InputError(f"max_errors must be >= 0, got {self.max_errors!r}")
         self._check_engine()

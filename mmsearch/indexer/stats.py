@@ -61,8 +61,8 @@ class RunStats:
         d["calls"] = dict(self.calls)
         d["wall_seconds"] = round(self.wall, 4)
         d["items_per_second"] = round(self.indexed / wall, 2)
-        # decode runs on `workers` at once, the model on `encoders`: their shares are per worker
-        per = {"decode": workers, "encode": encoders}
+        # decode runs on `workers` at once (0: in the encoder thread), the model on `encoders`: shares per worker
+        per = {"decode": max(workers, 1), "encode": encoders}
         d["utilisation"] = {s: round(self.busy[s] / wall / per.get(s, 1), 4) for s in STAGES}
         d["pipeline_efficiency"] = d["utilisation"]["encode"]  # model busy / wall
         d["reconciled"] = self.reconciled

@@ -96,10 +96,10 @@ def start_manifest(index_dir, model: ModelInfo, instructions: dict, plan: planne
             raise InputError(f"index {plan.factory!r} needs at least {plan.nlist} vectors to train, "
                              f"the corpus gave {0 if sample is None else len(sample)}; pass --index Flat or a "
                              f"smaller IVF")
-        template = planner.train(plan, model.dim, sample)
-        tuning = planner.tune(template, plan.factory, sample, recall_target)
-        params = {k: v for k, v in tuning.items() if k in ("nprobe", "k_factor")}
-        spec = write_trained_template(index_dir, template, plan.factory, params)
+        choice = planner.choose(plan, model.dim, sample, recall_target)
+        tuning = choice.tuning
+        spec = write_trained_template(index_dir, choice.template, choice.factory, planner.search_defaults(tuning))
+        spec = dataclasses.replace(spec, calibration=choice.calibration)
     manifest = Manifest.create(model, spec, instructions, extra=extra, job=job)
     write_manifest(index_dir, manifest)
     return manifest, tuning
@@ -171,10 +171,14 @@ class ShardWriter:
         for the same recall. The new defaults are committed with this shard's manifest."""
         if not self.tuning or len(vectors) < RETUNE_GROWTH * max(self.tuned_rows, 1):
             return
-        self.tuning = planner.tune_filled(index, self.plan.factory, vectors, self.recall_target)
-        self.tuned_rows = len(vectors)
-        params = {k: v for k, v in self.tuning.items() if k in ("nprobe", "k_factor")}
-        spec = dataclasses.replace(self.manifest.faiss, search_params=params)
+        tuning = planner.tune_filled(index, vectors, self.recall_target, id_offset=self.manifest.next_row)
+        if not tuning:
+            return
+        self.tuning, self.tuned_rows = tuning, len(vectors)
+        calibration = {**self.manifest.faiss.calibration, "recall_at_10": tuning["recall_at_10"],
+                       "rows": len(vectors), "held_out": "shard rows hidden from search"}
+        spec = dataclasses.replace(self.manifest.faiss, search_params=planner.search_defaults(tuning),
+                                   calibration=calibration)
         self.manifest = dataclasses.replace(self.manifest, faiss=spec)
 
     def commit(self, infos: List[ShardInfo], item_ids: List[str]) -> None:

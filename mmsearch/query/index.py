@@ -1,6 +1,6 @@
 """`open_index` / `Index`: search an index directory (DESIGN §2, §6).
 
-    query -> instruction -> encoder -> per-shard ANN (threads, filters, tombstones)
+    query -> instruction -> encoder -> per-shard ANN (threads when that pays; filters, tombstones)
           -> top-k heap merge -> optional rerankers -> hydrate metadata (Arrow take)
 
 Opening is cheap: FAISS shards are memory-mapped where the index type allows it,
@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -33,15 +31,13 @@ from mmsearch.types import Query
 from .filtered import FilterPolicy, search_shard
 from .filters import Filter, parse_filter
 from .hits import Hit
-from .merge import CostModel, map_shards, merge_results, pad_result
+from .fanout import Fanout
+from .merge import merge_results, pad_result
 from .params import SearchParams
 from .queries import as_queries, with_instruction
 from .rerank import make_reranker, parse_rerank
 from .rerank_context import QueryBank, RerankContext, check_bank
 from .view import IndexView, Tombstones
-
-_CPUS = os.cpu_count() or 1
-
 
 RUNTIMES = ("torch", "numpy")  # how queries are embedded: see open_index
 
@@ -66,11 +62,10 @@ class Index:
         self._runtime, self.runtime_note = runtime, runtime
         self._view = IndexView(self.path)
         _warn_legacy_rule(self.path, self._view.manifest.model)
-        self._lock = threading.Lock()           # the view, the pool, named rerankers
+        self._lock = threading.Lock()           # the view, named rerankers
         self._encoder_lock = threading.Lock()   # held while a model loads
         self._encoder = None if encoder is None else self._checked_encoder(encoder)
-        self._executor: Optional[ThreadPoolExecutor] = None
-        self._cost = CostModel()
+        self._fanout = Fanout()  # shards in parallel threads when that pays
         self._rerankers: Dict[str, Any] = {}
         self._bank: Optional[np.ndarray] = None
         self._bank_info: Optional[dict] = None
@@ -236,25 +231,10 @@ class Index:
             D, I = search_shard(view.shards[0], xq, width, knobs, masks[0], self.policy)
             return pad_result(D, I, k, keep_max) if I.shape[1] < k else (D, I)
 
-        def one(i: int):
-            start = time.thread_time()  # CPU time: waiting for the GIL or a core is not cost
-            result = search_shard(view.shards[i], xq, width, knobs, masks[i], self.policy)
-            self._cost.observe(time.thread_time() - start, n)
-            return result
-
-        threads = self._cost.use_threads(n, len(view.shards))
-        parts = map_shards(self._pool(len(view.shards)) if threads else None, one, range(len(view.shards)))
+        parts = self._fanout.map(lambda i, q: search_shard(view.shards[i], q, width, knobs, masks[i], self.policy),
+                                 len(view.shards), xq)
         D, I = merge_results(parts, width, keep_max)
         return pad_result(D, I, k, keep_max) if width < k else (D, I)
-
-    def _pool(self, shards: int) -> Optional[ThreadPoolExecutor]:
-        if shards < 2 or _CPUS < 2:
-            return None
-        if self._executor is None:
-            with self._lock:
-                if self._executor is None:
-                    self._executor = ThreadPoolExecutor(_CPUS, thread_name_prefix="mmsearch-shard")
-        return self._executor
 
     def _rerank_context(self, view: IndexView, tombstones: Tombstones, xq: np.ndarray, queries: List[Query],
                         k: int) -> RerankContext:
@@ -359,9 +339,7 @@ class Index:
     # --- lifetime ------------------------------------------------------------------------
 
     def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+        self._fanout.close()
 
     def __enter__(self) -> "Index":
         return self

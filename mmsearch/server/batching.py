@@ -51,10 +51,12 @@ Job = Tuple[Query, Future]
 
 
 class Batcher:
-    """run(args, queries) -> one result per query, called from `threads` worker threads."""
+    """run(args, queries) -> one result per query, called from `threads` worker threads;
+    each runs `initializer()` first, if given."""
 
-    def __init__(self, run: Callable[[SearchArgs, List[Query]], List[Any]], threads: int, max_batch: int):
-        self._run, self._max = run, max_batch
+    def __init__(self, run: Callable[[SearchArgs, List[Query]], List[Any]], threads: int, max_batch: int,
+                 initializer: Optional[Callable[[], None]] = None):
+        self._run, self._max, self._initializer = run, max_batch, initializer
         self._groups: "OrderedDict[SearchArgs, List[Job]]" = OrderedDict()
         self._cond = threading.Condition()
         self._closed = False
@@ -105,6 +107,8 @@ class Batcher:
         return args, [job for job in jobs if job[1].set_running_or_notify_cancel()]
 
     def _work(self) -> None:
+        if self._initializer is not None:
+            self._initializer()
         while True:
             taken = self._take()
             if taken is None:

@@ -24,6 +24,7 @@ from .errors import ApiError, error_response
 SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
                     (b"referrer-policy", b"no-referrer"), (b"cross-origin-resource-policy", b"same-origin")]
 DRAIN_FACTOR = 4  # bodies up to this many times the limit are read and dropped before the 413
+_timeout = getattr(asyncio, "timeout", None)  # Python 3.11+
 
 
 class BodyTooLarge(ApiError):
@@ -88,7 +89,12 @@ class Guard:
 
     async def _next(self, receive: Receive) -> Message:
         try:
-            return await asyncio.wait_for(receive(), self.body_timeout)
+            if _timeout is None:  # Python 3.10
+                return await asyncio.wait_for(receive(), self.body_timeout)
+            # a timer, not wait_for's task: a body already in the buffer is read without a
+            # trip round the event loop, which under load waits behind every other request
+            async with _timeout(self.body_timeout):
+                return await receive()
         except asyncio.TimeoutError:
             raise BodyTimeout(self.body_timeout) from None
 

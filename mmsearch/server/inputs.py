@@ -21,6 +21,7 @@ from starlette.datastructures import UploadFile
 
 from mmsearch.images import load_image
 
+from . import fastjson
 from .errors import ApiError
 from .schemas import SearchRequest
 from .settings import Limits
@@ -65,15 +66,9 @@ def parse_json(body: bytes) -> Any:
         raise ApiError(400, "invalid_json", "the request body is empty; send a JSON object such as "
                                             '{"text": "a red bus", "k": 10}')
     try:
-        obj = json.loads(body)
-        json.dumps(obj, ensure_ascii=False).encode("utf-8")  # lone surrogates ("\\ud800") fail here
-    except RecursionError:
-        raise ApiError(400, "invalid_json", "the JSON body is nested too deeply") from None
-    except UnicodeEncodeError:
-        raise ApiError(400, "invalid_json", "the JSON body holds an unpaired UTF-16 surrogate escape") from None
-    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, int too long
+        return fastjson.loads(body)
+    except fastjson.JSONError as e:
         raise ApiError(400, "invalid_json", f"the body is not valid JSON: {e}") from None
-    return obj
 
 
 def validate(obj: Any) -> SearchRequest:

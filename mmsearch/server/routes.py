@@ -9,11 +9,14 @@ from typing import Any, Dict, List
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
+from . import fastjson
+from .fastjson import FastJSONResponse
 from .inputs import read_search
 from .schemas import ERROR_RESPONSES, ItemOut, SearchRequest, SearchResponse
 from .service import SearchService
+from .timing import Stopwatch
 
 _FORM_SCHEMA = {
     "type": "object",
@@ -51,12 +54,16 @@ def api_router(service: SearchService, require_key) -> APIRouter:
     @guarded.post("/search", tags=["search"], response_model=SearchResponse, responses=ERROR_RESPONSES,
                   openapi_extra=SEARCH_BODY,
                   summary="search with text, an image (base64 or upload), an item ('more like this') or both")
-    async def search(request: Request) -> JSONResponse:
+    async def search(request: Request) -> Response:
+        watch = Stopwatch()
         req, image = await read_search(request, service.limits)
-        result = await service.search(req, image)
+        watch.lap("parse")
+        result = await service.search(req, image, watch)
         for hit in result["hits"]:
             hit["thumbnail"] = thumbnail_url(request, hit["id"])
-        return JSONResponse(result)
+        body = fastjson.dumps(result)
+        watch.lap("json")
+        return Response(body, media_type="application/json", headers={"server-timing": watch.header()})
 
     @guarded.get("/items/{item_id:path}/thumbnail", tags=["items"], response_class=Response,
                  responses={200: {"content": {"image/jpeg": {}}}, 404: ERROR_RESPONSES[404]},
@@ -67,9 +74,9 @@ def api_router(service: SearchService, require_key) -> APIRouter:
 
     @guarded.get("/items/{item_id:path}", tags=["items"], response_model=ItemOut,
                  responses={404: ERROR_RESPONSES[404]}, summary="one item's metadata")
-    def item(item_id: str, request: Request) -> JSONResponse:
+    def item(item_id: str, request: Request) -> FastJSONResponse:
         out = service.item(item_id)
-        return JSONResponse({**out, "thumbnail": thumbnail_url(request, out["id"])})
+        return FastJSONResponse({**out, "thumbnail": thumbnail_url(request, out["id"])})
 
     router.include_router(guarded)
     return router

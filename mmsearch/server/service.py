@@ -1,11 +1,13 @@
 """`SearchService`: what the routes ask of an open `Index`.
 
-Searches run on `limits.threads` worker threads (the index is thread-safe), batched
-with others of the same arguments (`batching.Batcher`); at most `limits.max_pending`
-are admitted at once (then 503), each awaited for at most `limits.search_timeout`
-seconds (then 504). Query images are decoded on Starlette's thread pool, at most
-`limits.threads` at once; item and thumbnail reads run there too. Everything here only
-reads the index.
+Searches run on `limits.threads` worker threads (the index is thread-safe; torch's
+threads are shared out between them, see `cores`), batched with others of the same
+arguments (`batching.Batcher`); at most `limits.max_pending` are admitted at once
+(then 503), each awaited for at most `limits.search_timeout` seconds (then 504). A text
+query goes from the event loop straight to the batcher (a hop through a thread would
+cost more than building it); query images are decoded on Starlette's thread pool, at
+most `limits.threads` at once, and item and thumbnail reads run there too. Everything
+here only reads the index.
 """
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ import dataclasses
 import threading
 import time
 from concurrent.futures import Future
-from typing import Any, Dict, List, Optional, Tuple
+from functools import partial
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 from anyio import CapacityLimiter, to_thread
 
@@ -25,14 +28,25 @@ from mmsearch.tasks import list_tasks
 from mmsearch.types import ITEM_MODALITIES, PARTS, Query, modalities_with
 
 from .batching import Batcher, SearchArgs
+from .cores import available_cores, torch_threads, torch_threads_per_search, use_torch_threads
 from .errors import ApiError
 from .inputs import decode_image
 from .paths import PathView
 from .schemas import SearchRequest, json_safe
 from .settings import Limits
+from .timing import Stopwatch
 
 THUMBNAIL_SIDE = 256
 _IMAGE_TYPES = ((b"\xff\xd8\xff", "image/jpeg"), (b"\x89PNG\r\n\x1a\n", "image/png"), (b"GIF8", "image/gif"))
+
+
+class Batched(NamedTuple):
+    """One query's hits, and when its batch of `batch` queries ran (perf_counter)."""
+
+    hits: list
+    started: float
+    ended: float
+    batch: int
 
 
 def _encodable(text: str) -> bool:
@@ -46,7 +60,10 @@ def _encodable(text: str) -> bool:
 class SearchService:
     def __init__(self, index: Index, limits: Limits, auth: bool = False):
         self.index, self.limits, self.auth = index, limits, auth
-        self._batcher = Batcher(self._search_many, limits.threads, limits.max_batch)
+        share = torch_threads_per_search(limits.threads, available_cores())
+        self._torch_before = torch_threads()  # restored at close (torch keeps it process-wide)
+        self._batcher = Batcher(self._search_many, limits.threads, limits.max_batch,
+                                initializer=partial(use_torch_threads, share))
         self._lock = threading.Lock()
         self._pending = 0
         self._tasks: Optional[List[Dict[str, Any]]] = None
@@ -61,13 +78,17 @@ class SearchService:
         """Searches admitted and not finished (queued, running, or abandoned by a timeout)."""
         return self._pending
 
-    async def search(self, req: SearchRequest, image: Optional[bytes]) -> Dict[str, Any]:
-        """Admit (503 beyond max_pending), build the query off the event loop, queue it for
-        the batcher, and wait at most search_timeout seconds in all (then 504)."""
-        start = time.perf_counter()
+    async def search(self, req: SearchRequest, image: Optional[bytes], watch: Stopwatch) -> Dict[str, Any]:
+        """Admit (503 beyond max_pending), build the query (off the event loop when that
+        means decoding an image or reading an item), queue it for the batcher, and wait
+        at most search_timeout seconds in all (then 504). `watch` gets the stages."""
         self._admit()
         try:
-            query = await to_thread.run_sync(self._query, req, image, limiter=self._decoders())
+            if image is None and req.like is None:  # text alone: nothing slow to build
+                query = Query(text=req.text)
+            else:
+                query = await to_thread.run_sync(self._query, req, image, limiter=self._decoders())
+            watch.lap("query")
             # "more like this": one hit more, then the item itself is left out
             future = self._submit(SearchArgs.of(req if req.like is None else req.model_copy(update={"k": req.k + 1})),
                                   query)
@@ -75,19 +96,24 @@ class SearchService:
             self._release()
             raise
         future.add_done_callback(self._release)
-        left = self.limits.search_timeout - (time.perf_counter() - start)
+        left = self.limits.search_timeout - (time.perf_counter() - watch.start)
         try:
-            hits = await asyncio.wait_for(asyncio.wrap_future(future), max(left, 0.001))
+            done = await asyncio.wait_for(asyncio.wrap_future(future), max(left, 0.001))
         except asyncio.TimeoutError:
             raise ApiError(504, "timeout", f"the search did not finish within {self.limits.search_timeout:g} s "
                                            f"(search_timeout)") from None
+        watch.lap("wait", at=done.started)
+        watch.lap("engine", at=done.ended)
+        watch.lap("resume")
+        watch.batch = done.batch
+        hits = done.hits
         if req.like is not None:
             hits = [dataclasses.replace(h, rank=i + 1) for i, h in enumerate(h for h in hits if h.id != req.like)]
             hits = hits[:req.k]
         paths = self.paths()
-        return {"hits": [json_safe({**h.to_dict(), "metadata": paths.metadata(h.metadata)}) for h in hits],
-                "k": req.k,
-                "took_ms": round(1000 * (time.perf_counter() - start), 3),
+        out = [json_safe({**h.to_dict(), "metadata": paths.metadata(h.metadata)}) for h in hits]
+        watch.lap("hits")
+        return {"hits": out, "k": req.k, "took_ms": round(watch.total_ms(), 3),
                 "query": {"text": req.text, "image": image is not None, "like": req.like, "task": req.task,
                           "instruction": req.instruction}}
 
@@ -104,8 +130,11 @@ class SearchService:
         except RuntimeError:
             raise ApiError(503, "busy", "the server is shutting down") from None
 
-    def _search_many(self, args: SearchArgs, queries: List[Query]) -> List[list]:
-        return self.index.search(list(queries), **args.kwargs())
+    def _search_many(self, args: SearchArgs, queries: List[Query]) -> List[Batched]:
+        started = time.perf_counter()
+        results = self.index.search(list(queries), **args.kwargs())
+        ended = time.perf_counter()
+        return [Batched(hits, started, ended, len(queries)) for hits in results]
 
     def _admit(self) -> None:
         with self._lock:
@@ -120,6 +149,7 @@ class SearchService:
 
     def close(self) -> None:
         self._batcher.close()
+        use_torch_threads(self._torch_before)
 
     def warm_up(self) -> None:
         """Load the model and run one search, so the first client does not wait for it."""

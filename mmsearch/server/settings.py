@@ -30,7 +30,8 @@ class Limits:
     `search_timeout`: seconds a search may take before the client gets 504 (the work
     itself cannot be interrupted; it finishes in the background, holding its slot).
     `body_timeout`: seconds to wait for each chunk of a request body (slow clients: 408).
-    `threads`: searches run at once (worker threads; the index is thread-safe).
+    `threads`: searches run at once (worker threads; the index is thread-safe), each
+    with cores // threads of torch's threads (`cores`).
     `max_batch`: waiting searches with equal arguments run together as one batch of at
     most this many queries (the model embeds a batch for little more than one query).
     `max_pending`: searches running or queued; beyond that the server answers 503.

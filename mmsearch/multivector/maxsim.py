@@ -1,0 +1,160 @@
+"""Exact MaxSim (late interaction, ColBERT/ColPali scoring) over token vectors stored flat.
+
+score(q, d) = sum over query tokens of the max over d's tokens of the inner product. Pages
+are scored a block at a time: their token rows are concatenated, multiplied by the query's
+tokens in one matmul, and `np.maximum.reduceat` over the row offsets takes each page's max;
+no Python loop per page or per token.
+
+Never pad token sets with zero vectors to batch them (colpali_engine's `score_multi_vector`
+does): a zero row scores 0, which beats every real token when all of a query token's
+similarities are negative, so the padded score is wrong. Segments here are exact.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from .sets import check_sets
+
+# Cells of the float32 similarity block (rows x query tokens) per step: ~64 MB.
+_BLOCK_CELLS = 1 << 24
+_STORAGE = ("float16", "float32", "int8")
+
+
+@dataclass(frozen=True)
+class TokenStore:
+    """Every page's token vectors as one `(N, d)` matrix plus `n + 1` row offsets.
+    float16 / float32 rows are used as they are; int8 rows carry a per-token `scales`
+    (row = int8 * scale), which multiplies the similarity column instead of the rows."""
+
+    tokens: np.ndarray
+    offsets: np.ndarray
+    scales: Optional[np.ndarray] = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "offsets", check_sets(self.tokens, self.offsets))
+        if self.tokens.dtype.name not in _STORAGE:
+            raise ValueError(f"token dtype must be one of {_STORAGE}, got {self.tokens.dtype}")
+        if (self.tokens.dtype == np.int8) != (self.scales is not None):
+            raise ValueError("int8 tokens need scales (one per token); float tokens take none")
+        if self.scales is not None and self.scales.shape != (len(self.tokens),):
+            raise ValueError(f"scales must have shape ({len(self.tokens)},), got {self.scales.shape}")
+
+    @classmethod
+    def from_float(cls, tokens: np.ndarray, offsets: np.ndarray, storage: str = "float16") -> "TokenStore":
+        """Store float vectors as float16, float32, or int8 with a symmetric per-token scale."""
+        if storage not in _STORAGE:
+            raise ValueError(f"storage must be one of {_STORAGE}, got {storage!r}")
+        tokens = np.asarray(tokens, dtype=np.float32)
+        if storage != "int8":
+            return cls(tokens.astype(storage), offsets)
+        peak = np.abs(tokens).max(axis=1)
+        scales = np.where(peak > 0, peak / 127, 1).astype(np.float32)
+        quantized = np.rint(tokens / scales[:, None]).clip(-127, 127).astype(np.int8)
+        return cls(quantized, offsets, scales)
+
+    @property
+    def n_sets(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of token storage (tokens + scales; offsets not counted)."""
+        return self.tokens.nbytes + (0 if self.scales is None else self.scales.nbytes)
+
+    def segment_max(self, rows, starts: np.ndarray, queries: np.ndarray) -> np.ndarray:
+        """For the token rows `rows` (a slice or an index array) grouped into segments that
+        begin at `starts`: the max similarity of each segment with each query token,
+        `(len(starts), len(queries))`."""
+        sim = self.tokens[rows].astype(np.float32) @ queries.T
+        if self.scales is not None:
+            sim *= self.scales[rows][:, None]
+        return np.maximum.reduceat(sim, starts, axis=0)
+
+
+def maxsim_scores(query: np.ndarray, store: TokenStore, candidates) -> np.ndarray:
+    """Exact MaxSim of one query's tokens `(m, d)` with each candidate page (ids into the
+    store, any order, repeats allowed) -> float32 `(len(candidates),)`."""
+    query = _as_query(query, store)
+    cand = np.asarray(candidates, dtype=np.int64).ravel()
+    if cand.size and (cand.min() < 0 or cand.max() >= store.n_sets):
+        raise ValueError(f"candidate ids must be in [0, {store.n_sets}), got {cand.min()}..{cand.max()}")
+    lengths = store.offsets[cand + 1] - store.offsets[cand]
+    scores = np.empty(len(cand), dtype=np.float32)
+    for lo, hi in _blocks(lengths, max(1, _BLOCK_CELLS // len(query))):
+        ln = lengths[lo:hi]
+        starts = np.zeros(len(ln), dtype=np.int64)
+        np.cumsum(ln[:-1], out=starts[1:])
+        # row ids of the candidates' tokens, concatenated: arange shifted per segment
+        rows = np.arange(int(ln.sum())) + np.repeat(store.offsets[cand[lo:hi]] - starts, ln)
+        scores[lo:hi] = store.segment_max(rows, starts, query).sum(axis=1)
+    return scores
+
+
+def exhaustive_search(query_tokens: np.ndarray, query_offsets: np.ndarray, store: TokenStore,
+                      k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Brute-force MaxSim top-k of every query (`query_tokens[query_offsets[i]:...]`) over
+    every page: all queries' tokens go through one matmul per block of pages.
+    Returns faiss-style `(D, I)`, each `(n_queries, k)`, -1 where fewer than k pages."""
+    queries = _as_query(query_tokens, store)
+    qoff = check_sets(queries, query_offsets)
+    scores = np.empty((len(qoff) - 1, store.n_sets), dtype=np.float32)
+    lengths = np.diff(store.offsets)
+    for lo, hi in _blocks(lengths, max(1, _BLOCK_CELLS // len(queries))):
+        rows = slice(store.offsets[lo], store.offsets[hi])
+        seg = store.segment_max(rows, store.offsets[lo:hi] - store.offsets[lo], queries)
+        scores[:, lo:hi] = np.add.reduceat(seg, qoff[:-1], axis=1).T  # sum per query
+    return _top_k(scores, np.broadcast_to(np.arange(store.n_sets), scores.shape), k)
+
+
+def rerank(query_tokens: np.ndarray, query_offsets: np.ndarray, store: TokenStore,
+           candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact MaxSim rerank of each query's candidate row (`(n_queries, c)` page ids, -1 =
+    none, e.g. a FAISS search over FDEs) -> `(D, I)` of the best k, -1 where missing."""
+    queries = _as_query(query_tokens, store)
+    qoff = check_sets(queries, query_offsets)
+    candidates = np.asarray(candidates, dtype=np.int64)
+    if candidates.ndim != 2 or len(candidates) != len(qoff) - 1:
+        raise ValueError(f"candidates must be (n_queries={len(qoff) - 1}, c), got {candidates.shape}")
+    scores = np.full(candidates.shape, -np.inf, dtype=np.float32)
+    for i, row in enumerate(candidates):
+        valid = row >= 0
+        scores[i, valid] = maxsim_scores(queries[qoff[i]:qoff[i + 1]], store, row[valid])
+    return _top_k(scores, np.where(candidates >= 0, candidates, -1), k)
+
+
+def _as_query(query, store: TokenStore) -> np.ndarray:
+    query = np.ascontiguousarray(query, dtype=np.float32)
+    if query.ndim != 2 or query.shape[1] != store.tokens.shape[1] or len(query) == 0:
+        raise ValueError(f"query tokens must be (m >= 1, {store.tokens.shape[1]}), got {query.shape}")
+    return query
+
+
+def _blocks(lengths: np.ndarray, max_rows: int):
+    """(lo, hi) ranges of consecutive sets holding <= max_rows rows (at least one set each)."""
+    ends = np.cumsum(lengths)
+    lo = 0
+    while lo < len(lengths):
+        base = ends[lo - 1] if lo else 0
+        hi = max(lo + 1, int(np.searchsorted(ends, base + max_rows, "right")))
+        yield lo, hi
+        lo = hi
+
+
+def _top_k(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best k per row, best first; -inf scores count as missing (-1, -inf)."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    n = scores.shape[1]
+    kk = min(k, n)
+    part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk] if kk < n else np.tile(np.arange(n), (len(scores), 1))
+    top = np.take_along_axis(scores, part, axis=1)
+    order = np.argsort(-top, axis=1, kind="stable")
+    pos = np.take_along_axis(part, order, axis=1)
+    D = np.full((len(scores), k), -np.inf, dtype=np.float32)
+    I = np.full((len(scores), k), -1, dtype=np.int64)
+    D[:, :kk] = np.take_along_axis(scores, pos, axis=1)
+    I[:, :kk] = np.where(np.isfinite(D[:, :kk]), np.take_along_axis(ids, pos, axis=1), -1)
+    return D, I
