@@ -21,6 +21,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from mmsearch.errors import IndexFormatError, InputError
+from mmsearch.multivector import TokenStore, quantize_tokens
 
 from .layout import TOKEN_OFFSETS_FILE, TOKEN_SCALES_FILE, TOKENS_FILE
 
@@ -46,12 +47,12 @@ class TokenMatrix:
         offsets = np.zeros(len(items) + 1, dtype=np.int64)
         np.cumsum(counts, out=offsets[1:])
         flat = np.concatenate([np.asarray(m, dtype=np.float32) for m in items]) if items else np.zeros((0, 0))
-        if precision == "float16":
-            return cls(flat.astype(np.float16), offsets)
-        scales = np.abs(flat).max(axis=1) / 127.0
-        scales[scales == 0] = 1.0
-        codes = np.clip(np.rint(flat / scales[:, None]), -127, 127).astype(np.int8)
-        return cls(codes, offsets, scales.astype(np.float32))
+        values, scales = quantize_tokens(flat, precision)
+        return cls(values, offsets, scales)
+
+    def store(self) -> TokenStore:
+        """These tokens as the MaxSim math's `TokenStore` (same arrays, no copy)."""
+        return TokenStore(self.values, self.offsets, self.scales)
 
     @property
     def rows(self) -> int:

@@ -23,6 +23,20 @@ _BLOCK_CELLS = 1 << 24
 _STORAGE = ("float16", "float32", "int8")
 
 
+def quantize_tokens(tokens: np.ndarray, storage: str = "float16") -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """(values, scales) of float token vectors `(T, d)` stored as `storage`: float16 / float32
+    as they are (scales None), or int8 codes with one symmetric scale per token (max |x| / 127,
+    1 for a zero row): tokens are unit vectors, so a per-token scale keeps each one's precision."""
+    if storage not in _STORAGE:
+        raise ValueError(f"storage must be one of {_STORAGE}, got {storage!r}")
+    tokens = np.asarray(tokens, dtype=np.float32)
+    if storage != "int8":
+        return tokens.astype(storage), None
+    peak = np.abs(tokens).max(axis=1) if len(tokens) else np.zeros(0, np.float32)
+    scales = np.where(peak > 0, peak / 127, 1).astype(np.float32)
+    return np.rint(tokens / scales[:, None]).clip(-127, 127).astype(np.int8), scales
+
+
 @dataclass(frozen=True)
 class TokenStore:
     """Every page's token vectors as one `(N, d)` matrix plus `n + 1` row offsets.
@@ -45,15 +59,8 @@ class TokenStore:
     @classmethod
     def from_float(cls, tokens: np.ndarray, offsets: np.ndarray, storage: str = "float16") -> "TokenStore":
         """Store float vectors as float16, float32, or int8 with a symmetric per-token scale."""
-        if storage not in _STORAGE:
-            raise ValueError(f"storage must be one of {_STORAGE}, got {storage!r}")
-        tokens = np.asarray(tokens, dtype=np.float32)
-        if storage != "int8":
-            return cls(tokens.astype(storage), offsets)
-        peak = np.abs(tokens).max(axis=1)
-        scales = np.where(peak > 0, peak / 127, 1).astype(np.float32)
-        quantized = np.rint(tokens / scales[:, None]).clip(-127, 127).astype(np.int8)
-        return cls(quantized, offsets, scales)
+        values, scales = quantize_tokens(tokens, storage)
+        return cls(values, offsets, scales)
 
     @property
     def n_sets(self) -> int:
