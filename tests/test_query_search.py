@@ -175,7 +175,8 @@ def test_query_package_imports_only_the_core():
     import pathlib
 
     allowed = {"mmsearch.index_format", "mmsearch.store", "mmsearch.encoders", "mmsearch.encoders.pooling",
-               "mmsearch.types", "mmsearch.tasks", "mmsearch.images", "mmsearch.errors"}
+               "mmsearch.types", "mmsearch.tasks", "mmsearch.images", "mmsearch.errors",
+               "mmsearch.multivector"}  # layer 0: numpy-only late-interaction math
     root = pathlib.Path(open_index.__code__.co_filename).parent
     for path in root.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):

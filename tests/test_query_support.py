@@ -40,8 +40,9 @@ def split_sizes(n, shards):
 
 
 def build_index(path, x, spec="Flat", shards=1, *, model=TEST_MODEL, texts=None, images=None, modalities=None,
-                deleted=(), search_params=None, metric="inner_product", vectors=True, train=None):
-    """A committed index of `x` (row i = item f"item-{i}") in `shards` shards; returns the manifest."""
+                deleted=(), search_params=None, metric="inner_product", vectors=True, train=None, compact=None):
+    """A committed index of `x` (row i = item f"item-{i}") in `shards` shards; returns the manifest.
+    `compact`: a CompactSpec (then `spec` is its faiss factory, e.g. "BFlat")."""
     n, d = x.shape
     path.mkdir(parents=True, exist_ok=True)
     faiss_metric = fmt.faiss_metric(metric)
@@ -51,7 +52,7 @@ def build_index(path, x, spec="Flat", shards=1, *, model=TEST_MODEL, texts=None,
         template.train(x if train is None else train)
         spec_rec = fmt.write_trained_template(path, template, spec, search_params)
     manifest = fmt.Manifest.create(model, spec_rec, {"image": "Represent the given image.", "default": ""},
-                                   metric=metric)
+                                   metric=metric, compact=compact)
     modalities = modalities or [MODALITIES[r % 3] for r in range(n)]
     start = 0
     for number, size in enumerate(split_sizes(n, shards) if isinstance(shards, int) else shards):

@@ -180,7 +180,7 @@ def test_folder_with_pdfs(tmp_path):
     records = list(open_source(root, pdfs=True, dpi=72))
     assert [r.item.id for r in records] == ["cover.png", "p/report.pdf#p1", "p/report.pdf#p2"]
     assert records[1].where == f"{root.as_posix()}/p/report.pdf#p1"
-    assert records[2].item.metadata == {"page": 2, "pages": 2, "source": "p/report.pdf"}
+    assert records[2].item.metadata == {"page": 2, "pages": 2, "source": "p/report.pdf", "page_text": "two"}
 
 
 # --------------------------------------------------------------------------- JSON lines
@@ -388,7 +388,9 @@ def test_pdf_pages_text_and_dpi(tmp_path):
     first, second, third = items(records)
     assert (first.id, first.text) == ("a.pdf#p1", "Hello page one")
     assert (second.text, third.text) == ("Second page", None)
-    assert first.metadata == {"page": 1, "pages": 3, "source": "a.pdf"}
+    # the text layer is also metadata (page_text), which the lexical index searches; a blank page has none
+    assert first.metadata == {"page": 1, "pages": 3, "source": "a.pdf", "page_text": "Hello page one"}
+    assert "page_text" not in third.metadata
     assert isinstance(first.image, Image.Image) and first.image.mode == "RGB"
     assert first.image.size == (400, 200)  # 200x100 pt at 144 dpi
     assert items(PdfSource(path, dpi=72))[0].image.size == (200, 100)

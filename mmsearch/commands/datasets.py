@@ -80,6 +80,18 @@ def register(sub) -> None:
     v.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     v.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     v.set_defaults(handler=run_vidore)
+    h = sources.add_parser(
+        "hybrid-docs", help="PDF pages with a figure and a text layer; quoted-token and paraphrased queries",
+        description="Write PDFs whose pages each hold a figure and one line of print naming rare tokens (a "
+                    "record id, a part code, a name), with queries that quote one token and queries that "
+                    "describe the figure; for `mmsearch eval hybrid`. Deterministic.")
+    h.add_argument("--out", required=True, help="output directory; must be empty")
+    h.add_argument("--pages", type=int, default=200, help="pages in the corpus (default: %(default)s)")
+    h.add_argument("--pages-per-pdf", type=int, default=50, help="pages per PDF file (default: %(default)s)")
+    h.add_argument("--seed", type=int, default=0, help="random seed")
+    h.add_argument("--overwrite", action="store_true", help="replace a collection already in --out")
+    h.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    h.set_defaults(handler=run_hybrid_docs)
 
 
 def _usage(parser) -> int:
@@ -151,4 +163,18 @@ def run_vidore(args) -> int:
         return 0
     print(f"wrote a ViDoRe-like BEIR collection to {summary['root']}: {plural(summary['pages'], 'page')}, "
           f"{plural(summary['queries'], 'query', 'queries')} in {summary['seconds']:.1f} s", file=sys.stderr)
+    return 0
+
+
+def run_hybrid_docs(args) -> int:
+    from ..datasets.hybrid_docs import HybridDocOptions, make_hybrid_docs
+
+    summary = make_hybrid_docs(args.out, HybridDocOptions(pages=args.pages, pages_per_pdf=args.pages_per_pdf,
+                                                          seed=args.seed, overwrite=args.overwrite))
+    if args.json:
+        print_json(summary)
+        return 0
+    print(f"wrote a hybrid document collection to {summary['root']}: {plural(summary['pages'], 'page')} in "
+          f"{plural(summary['pdfs'], 'PDF')}, {plural(summary['queries'], 'query', 'queries')} in "
+          f"{summary['seconds']:.1f} s", file=sys.stderr)
     return 0

@@ -1,4 +1,4 @@
-"""`mmsearch eval mbeir|mmeb|beir`: retrieval experiments with reports."""
+"""`mmsearch eval mbeir|mmeb|beir|hybrid`: retrieval experiments with reports."""
 from __future__ import annotations
 
 import sys
@@ -49,6 +49,16 @@ def register(sub) -> None:
     b.add_argument("--index", default="auto", help="faiss index for the corpus (auto, Flat, HNSW32, ...)")
     _common(b, "beir", work_default="DIR/mmsearch-eval")
     b.set_defaults(handler=run_beir)
+    h = esub.add_parser("hybrid", help="vector, lexical and hybrid search on quoted-token and paraphrased queries",
+                        description="Index the PDFs of a hybrid document collection (`mmsearch datasets "
+                                    "hybrid-docs`) with their text layer as a lexical index, search every query "
+                                    "in each mode (vector, lexical, hybrid by RRF and by score fusion) and "
+                                    "report R@1 and nDCG@10 per query type.")
+    h.add_argument("dir", metavar="DIR", help="the collection folder (pdfs/, queries.jsonl, qrels/)")
+    h.add_argument("--task", default="t2i", help="task whose instructions both sides get (default: t2i)")
+    h.add_argument("--dpi", type=float, default=56, help="page render resolution (default 56: 112 px pages)")
+    _common(h, "hybrid", work_default="DIR/mmsearch-eval")
+    h.set_defaults(handler=run_hybrid)
     p.set_defaults(handler=lambda args: (p.print_help(sys.stderr), 2)[1])
 
 
@@ -133,6 +143,23 @@ def run_beir(args) -> int:
                      elapsed_seconds=round(time.perf_counter() - start, 1))
     paths = beir_report(work, result, header)
     return _finish(args, paths, False, plural(result.scored, "query", "queries"), header["elapsed_seconds"])
+
+
+def run_hybrid(args) -> int:
+    from .. import load_encoder
+    from ..eval.hybrid import HybridEvalSettings, hybrid_report, read_queries, run_hybrid_eval
+
+    root = Path(args.dir)
+    work = Path(args.work) if args.work else root / "mmsearch-eval"
+    s = HybridEvalSettings(root=root, work=work, task=args.task, dpi=args.dpi)
+    start = time.perf_counter()
+    queries = read_queries(root)  # a wrong folder fails before the model loads
+    enc = load_encoder(args.model, device=args.device, dtype=args.dtype, **encoder_options(args))
+    result = run_hybrid_eval(s, enc)
+    header = _header(enc, root=args.dir, task=args.task, dpi=args.dpi,
+                     elapsed_seconds=round(time.perf_counter() - start, 1))
+    paths = hybrid_report(work, result, header)
+    return _finish(args, paths, False, plural(len(queries), "query", "queries"), header["elapsed_seconds"])
 
 
 def _finish(args, paths: dict, had_errors: bool, done: str, seconds: float) -> int:

@@ -117,6 +117,22 @@ def _build_parser(isub) -> None:
                    help="recall@10 that auto's index choice and search defaults are calibrated to, on held-out "
                         "queries (default: %(default)s)")
     b.add_argument("--shard-size", type=int, default=BUILD["shard_size"], help="rows per shard (default: %(default)s)")
+    b.add_argument("--precision", default=None, choices=("float32", "float16", "int8", "binary", "auto"),
+                   help="codes the first stage searches (int8: per-dimension ranges calibrated on the corpus; "
+                        "binary: sign bits, Hamming); candidates are then rescored from the stored vectors. auto: "
+                        "--memory-budget picks dim and precision by measuring (default: float32, auto when "
+                        "--index auto and the float32 vectors exceed --memory-budget)")
+    b.add_argument("--oversample", type=float, default=BUILD["oversample"],
+                   help="compact codes: first-stage candidates per hit to rescore (default: %(default)s)")
+    b.add_argument("--no-rescore", dest="rescore", action="store_false",
+                   help="compact codes: return the first stage's order, without rescoring")
+    b.add_argument("--keep-full-vectors", dest="keep_full", action="store_true",
+                   help="with --dim: encode at the model's full size, index the truncation, and keep the full "
+                        "vectors on disk (memory-mapped, not in RAM) for rescoring")
+    b.add_argument("--text-fields", default=None, metavar="COLS",
+                   help="columns to index for lexical (BM25) search, e.g. text,caption,title; a PDF page's text "
+                        "layer (page_text) joins them. Enables `search --mode lexical|hybrid` (needs tantivy)")
+    _multi_vector_options(b)
     b.add_argument("--overwrite", "--fresh", dest="overwrite", action="store_true",
                    help="replace an index already in --out (needed when it was built from other sources or "
                         "settings); without it the same command resumes; --fresh is the older name")
@@ -124,6 +140,36 @@ def _build_parser(isub) -> None:
                    help="typical queries for hubness reranking (" + QUERIES_FILE_HELP + "), embedded with --task's "
                         f"query instruction (none with --instruction) and stored as INDEX/{QUERY_BANK_FILE}")
     b.set_defaults(handler=run_build)
+
+
+def _multi_vector_options(b) -> None:
+    from ..index_format import TOKEN_PRECISIONS
+
+    m = b.add_argument_group("multi-vector models (colqwen2, ...)",
+                             "each page's token vectors are stored; its MUVERA FDE goes into faiss, and a search "
+                             "reranks the FDE's candidates by exact MaxSim")
+    m.add_argument("--token-precision", choices=TOKEN_PRECISIONS, default=None,
+                   help="token vector storage: float16 (default) or int8 with a per-token scale (half the bytes)")
+    m.add_argument("--fde", type=_fde, default={}, metavar="K=V,...",
+                   help="MUVERA arguments, e.g. k_sim=5,dim_proj=16,r_reps=20,seed=42 (fastembed's defaults; "
+                        "the FDE has r_reps * 2**k_sim * dim_proj dimensions)")
+    m.add_argument("--candidates", type=int, default=None,
+                   help="FDE candidates a search reranks by MaxSim (default: 200; `search --candidates` overrides)")
+
+
+def _fde(text: str) -> dict:
+    """An argparse `type`: 'k_sim=5,r_reps=20' -> {'k_sim': 5, 'r_reps': 20}."""
+    import argparse
+
+    from ..index_format import FDE_DEFAULTS
+
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, _, value = part.partition("=")
+        if key not in FDE_DEFAULTS or not value.strip().isdigit():
+            raise argparse.ArgumentTypeError(f"{part!r}: expected KEY=INT with KEY one of {sorted(FDE_DEFAULTS)}")
+        out[key] = int(value)
+    return out
 
 
 def _recall_target(text: str) -> float:
@@ -217,7 +263,9 @@ def run_build(args) -> int:
     opts.update(encoder_options(args))
     opts.update(task=args.task, instruction=args.instruction, index=args.index,
                 memory_budget=parse_size(args.memory_budget), shard_size=args.shard_size, query_bank=args.query_bank,
-                recall_target=args.target_recall)
+                recall_target=args.target_recall, precision=args.precision, oversample=args.oversample,
+                rescore=args.rescore, keep_full=args.keep_full, text_fields=args.text_fields)
+    opts.update(token_precision=args.token_precision, fde=args.fde, candidates=args.candidates)
     return _finish(lambda: build_index(args.sources, args.out, model=args.model, overwrite=args.overwrite, **opts), args)
 
 
@@ -303,7 +351,12 @@ def run_info(args) -> int:
     print(f"rows       {d['rows']} in {plural(d['shards'], 'shard')}, {d['deleted']} deleted, {d['live_rows']} live")
     print(f"modalities {', '.join(f'{k} {v}' for k, v in d['modalities'].items()) or '(none)'}")
     print(f"columns    {', '.join(d['columns'])}")
-    print(f"size       {d['bytes'] / 2**20:.1f} MiB")
+    per_item = ", ".join(f"{k} {v:,.0f}" for k, v in d["bytes_per_item"].items() if k != "total")
+    print(f"size       {d['bytes'] / 2**20:.1f} MiB; bytes per item {d['bytes_per_item']['total']:,.0f} ({per_item})")
+    mv = d.get("multi_vector")
+    if mv:
+        print(f"multi-vec  {mv['token_dim']}-d tokens as {mv['precision']}; MUVERA {mv['fde']}; MaxSim over "
+              f"{mv['candidates']} FDE candidates")
     for k, v in d["candidate_instruction"].items():
         print(f"instr      {k}: {v!r}")
     print(f"updated    {d['updated']}")

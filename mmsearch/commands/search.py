@@ -8,6 +8,7 @@ from pathlib import Path
 from ..errors import InputError
 from ..index_format import MANIFEST_FILE
 from ._common import UsageError, int_range, plural, print_json, print_table
+from .search_modes import add_mode_arguments, mode_options
 
 EXAMPLES = """examples:
   mmsearch search out/index --text "a red bus" -k 5
@@ -17,6 +18,8 @@ EXAMPLES = """examples:
   mmsearch search out/index --queries queries.jsonl --out hits.jsonl
   mmsearch search out/index --queries queries.jsonl --format trec --run-name tiny --out run.trec
   mmsearch search out/index --text "a dog" -v        # where the time goes, on stderr
+  mmsearch search out/index --text "KV-4821" --mode hybrid               # BM25 + vectors, RRF
+  mmsearch search out/index --text "KV-4821" --mode hybrid --alpha 0.3   # weighted score fusion
 
 --queries FILE: one JSON object per line with any of text, image (a path relative to FILE),
 task, instruction, filter (as --filter) and id (default: the line number); --task,
@@ -56,6 +59,11 @@ def register(sub) -> None:
     p.add_argument("--nprobe", type=int_range(1), default=None, help="IVF lists to visit")
     p.add_argument("--ef-search", type=int_range(1), default=None, help="HNSW beam width")
     p.add_argument("--k-factor", type=float, default=None, help="refine stage: candidates per hit")
+    p.add_argument("--oversample", type=float, default=None, help="compact codes: candidates per hit to rescore")
+    p.add_argument("--no-rescore", dest="rescore", action="store_const", const=False, default=None,
+                   help="compact codes: keep the first stage's order")
+    p.add_argument("--candidates", type=int_range(1), default=None,
+                   help="multi-vector index: FDE candidates reranked by exact MaxSim (default: the index's, 200)")
     p.add_argument("--model", default=None,
                    help="load the encoder from here instead of the manifest's model id (same weights)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
@@ -63,6 +71,7 @@ def register(sub) -> None:
                    help="numpy (default): text queries of Qwen-family models run without loading torch, a "
                         "second faster on a one-off search; images, other models and GPUs use torch")
     p.add_argument("--json", action="store_true", help="print the hits as JSON on stdout")
+    add_mode_arguments(p)
     p.set_defaults(handler=run, exit_fast=True)  # read-only: the process may end without module teardown
 
 
@@ -127,6 +136,7 @@ def run(args) -> int:
     rows = _read_queries(args.queries) if args.queries else [
         {"id": "1", "text": args.text, "image": args.image, **({"like": args.like} if args.like else {})}]
     filt = _filter(args.filter)
+    args.search_mode = mode_options(args)
     t = time.perf_counter()
     from ..query import open_index
     from ..query.rerank import parse_rerank
@@ -136,16 +146,18 @@ def run(args) -> int:
         parse_rerank(args.rerank)  # a wrong name is a wrong invocation (exit 2), found before the model loads
     except InputError as e:
         raise UsageError(f"--rerank {args.rerank}: {e}") from None
-    params = {"nprobe": args.nprobe, "efSearch": args.ef_search, "k_factor": args.k_factor}
+    params = {"nprobe": args.nprobe, "efSearch": args.ef_search, "k_factor": args.k_factor,
+              "oversample": args.oversample, "rescore": args.rescore, "candidates": args.candidates}
     params = {k: v for k, v in params.items() if v is not None}
     runtime = "torch" if rows_need_torch(rows) else args.runtime
     with open_index(args.index, encoder=args.model, device=args.device, runtime=runtime) as index:
         if runtime == "torch":
             timer.add("imports", _import_stack())
-        t = time.perf_counter()
-        encoder = index.encoder
-        timer.add("model load", time.perf_counter() - t)
-        encoder.encode = timer.timed("encode", encoder.encode)
+        if args.mode != "lexical" or args.rerank:  # lexical search alone needs no model
+            t = time.perf_counter()
+            encoder = index.encoder
+            timer.add("model load", time.perf_counter() - t)
+            encoder.encode = timer.timed("encode", encoder.encode)
         t = time.perf_counter()
         results = _search_all(index, rows, args, filt, params)
         timer.add("search", time.perf_counter() - t - timer.parts.get("encode", 0.0))
@@ -248,7 +260,8 @@ def _search_all(index, rows, args, filt, params) -> list:
             batch = members[start:start + args.batch_size]
             queries = [_query(rows[i], args, index) for i in batch]
             extra = 1 if any("like" in rows[i] for i in batch) else 0  # room for the item itself
-            hits = index.search(queries, k=args.k + extra, filter=f, rerank=args.rerank, params=params)
+            hits = index.search(queries, k=args.k + extra, filter=f, rerank=args.rerank, params=params,
+                                **args.search_mode)
             for i, h in zip(batch, hits):
                 if "like" in rows[i]:
                     h = [dataclasses.replace(x, rank=r) for r, x in

@@ -95,6 +95,9 @@ def _optim_args(p) -> None:
     g.add_argument("--temperature", type=float, default=TRAIN["temperature"],
                    help="InfoNCE temperature (initial value if learnt) (default: %(default)s)")
     g.add_argument("--learn-temperature", action="store_true", help="learn it (log-parameterised)")
+    g.add_argument("--matryoshka", type=_sizes, default=(), metavar="SIZES",
+                   help="Matryoshka sizes, e.g. 64,128,256: the loss summed over those prefixes of the embeddings "
+                        "(MRL), so an index may store them truncated (--dim)")
 
 
 def _negative_args(p) -> None:
@@ -156,6 +159,16 @@ def parse_sizes(text: str):
     return sizes
 
 
+def _sizes(text: str):
+    """An argparse `type`: '64,128,256' -> (64, 128, 256)."""
+    import argparse
+
+    parts = [t.strip() for t in text.split(",") if t.strip()]
+    if not parts or not all(t.isdigit() and int(t) > 0 for t in parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected positive sizes separated by commas, e.g. 64,128,256")
+    return tuple(int(t) for t in parts)
+
+
 def settings_from_args(args):
     from ..train import LoraSettings, MiningSettings, ScratchSettings, TrainSettings
 
@@ -182,7 +195,7 @@ def settings_from_args(args):
         chunk_size=args.chunk_size, grad_accum=args.grad_accum, max_steps=args.max_steps, epochs=args.epochs,
         lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup if args.warmup < 1 else int(args.warmup),
         schedule=args.schedule, max_grad_norm=args.max_grad_norm or None, temperature=args.temperature,
-        learn_temperature=args.learn_temperature, data_negatives=not args.no_data_negatives, mining=mining,
+        learn_temperature=args.learn_temperature, matryoshka=args.matryoshka, data_negatives=not args.no_data_negatives, mining=mining,
         per_dataset_batches=args.per_dataset_batches, distill_from=args.distill_from,
         distill_data=tuple(args.distill_data), distill_weight=args.distill_weight,
         seed=args.seed, device=args.device, threads=args.threads, precision=args.precision, save_every=args.save_every,

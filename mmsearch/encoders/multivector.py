@@ -23,7 +23,7 @@ raises `InputError` rather than invent one. Scoring and storing token matrices i
 """
 from __future__ import annotations
 
-from typing import Iterable, List, Optional, Sequence, Union
+from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -42,9 +42,13 @@ class MultiVectorEncoder(VLMEncoder):
 
     multi_vector = True
 
-    def __init__(self, model, processor, **kwargs):
+    def __init__(self, model, processor, token_dim: Optional[int] = None, **kwargs):
         super().__init__(model, processor, **kwargs)
-        self.token_dim = self.dim = self.full_dim = int(model.config.embedding_dim)
+        self.token_dim = self.dim = self.full_dim = int(token_dim or model.config.embedding_dim)
+
+    @property
+    def image_token_id(self) -> int:
+        return int(self.model.config.vlm_config.image_token_id)
 
     def encode(self, inputs: Union[EncodeInput, Iterable[EncodeInput]], instruction: Instruction = None,
                batch_size: Optional[int] = None, show_progress: Optional[bool] = None, side: Optional[str] = None,
@@ -90,6 +94,21 @@ class MultiVectorEncoder(VLMEncoder):
         proj = self.model.embedding_proj_layer(hidden.to(self.model.embedding_proj_layer.weight.dtype))
         proj = torch.nn.functional.normalize(proj, p=2, dim=-1)
         return proj * batch["attention_mask"].unsqueeze(-1).to(proj.dtype)
+
+    def patch_grid(self, image) -> Tuple[np.ndarray, Tuple[int, int]]:
+        """Where a page image's patch tokens are among the token vectors `encode(image)` returns
+        (row indices, row-major over the grid) and the grid (rows, cols) they tile: Qwen2-VL
+        merges 2 x 2 patches into one image token (`image_processor.merge_size`)."""
+        request = self.to_requests([image])[0]
+        batch = self.processor_inputs([request])
+        ids = batch["input_ids"][0][batch["attention_mask"][0].bool()].numpy()
+        rows = np.flatnonzero(ids == self.image_token_id)
+        t, h, w = (int(v) for v in batch["image_grid_thw"][0])
+        merge = int(self.processor.image_processor.merge_size)
+        grid = (h // merge, w // merge)
+        if t != 1 or len(rows) != grid[0] * grid[1]:
+            raise InputError(f"{len(rows)} image tokens for a {t} x {grid[0]} x {grid[1]} grid: not one page image")
+        return rows, grid
 
     def encode_batch(self, requests: Sequence[Request]) -> np.ndarray:
         raise InputError(self._single_vector_message())

@@ -94,7 +94,7 @@ def corpus_manifest(coll: Collection, work: Path) -> tuple:
     schema = pa.schema([("id", pa.string()), ("text", pa.string()), ("image", image)])
     rows = [{"id": d.id, "text": d.text,
              "image": None if d.image is None else ({"bytes": d.image, "path": None} if isinstance(d.image, bytes)
-                                                    else {"bytes": None, "path": d.image})}
+                                                    else {"bytes": None, "path": str(Path(d.image).resolve())})}
             for d in coll.corpus if d.text is not None or d.image is not None]
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), buf)

@@ -11,6 +11,8 @@ only through the names exported here:
     meta        the shard metadata table (meta.arrow)
     shards      writing, sweeping and opening shard folders
     tokens      a multi-vector model's token vectors: one flat matrix + offsets per shard
+    codes       compact vectors: Matryoshka truncation, float16/int8/binary codes (CompactSpec)
+    lexical     a shard's tantivy BM25 index of its text fields (and PDF pages' text layer)
     verify      `verify_index`: every checksum, row count and id range
     lock        the one-writer lock and --overwrite's wipe
     job         the job record: the sources (with fingerprints) and settings that made an index
@@ -24,7 +26,7 @@ from mmsearch._lazy import lazy_attributes
 _EXPORTS = {
     "layout": (
         "PathLike", "MANIFEST_FILE", "TRAINED_FILE", "SHARDS_DIR", "INDEX_FILE", "META_FILE", "VECTORS_FILE",
-        "TOKENS_FILE", "TOKEN_OFFSETS_FILE", "TOKEN_SCALES_FILE",
+        "TOKENS_FILE", "TOKEN_OFFSETS_FILE", "TOKEN_SCALES_FILE", "LEXICAL_DIR",
         "STORE_DIR", "ERRORS_FILE", "STATS_FILE", "QUERY_BANK_FILE", "QUERY_BANK_INFO_FILE", "LOCK_FILE",
         "TMP_MARK", "RAY_STAGING_DIR", "FORMAT_FILES", "manifest_path", "trained_template_path", "shards_path",
         "shard_name", "shard_dir", "store_path", "errors_path", "stats_path", "query_bank_paths", "lock_path",
@@ -39,7 +41,12 @@ _EXPORTS = {
     "meta": ("META_COLUMNS", "build_meta_table"),
     "shards": ("ShardRef", "write_shard", "remove_unlisted", "open_shard_index", "open_shard_meta",
                "load_shard_vectors", "load_shard_tokens"),
-    "tokens": ("TOKEN_PRECISIONS", "TokenMatrix"),
+    "tokens": ("TOKEN_PRECISIONS", "FDE_DEFAULTS", "DEFAULT_CANDIDATES", "MultiVectorSpec", "TokenMatrix"),
+    "codes": ("PRECISIONS", "CODE_BYTES", "CALIBRATION_ROWS", "CompactSpec", "CompactIndex", "faiss_factory",
+              "first_stage_vectors", "int8_ranges", "quantize_int8", "dequantize_int8", "binarize",
+              "hamming_scores", "first_stage_queries", "first_stage_scores", "rescore", "is_binary", "downcast"),
+    "lexical": ("LEXICAL_KEY", "PAGE_TEXT", "BODY", "ROW", "parse_text_fields", "lexical_extra", "lexical_fields",
+                "has_lexical", "lexical_texts", "open_lexical", "query_terms"),
     "verify": ("verify_index",),
     "lock": ("writer_lock", "wipe_index"),
     "job": ("JOB_VERSION", "fingerprint_source", "job_record", "job_differences", "legacy_differences"),

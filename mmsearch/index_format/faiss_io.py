@@ -11,6 +11,7 @@ import numpy as np
 
 from mmsearch.errors import IndexFormatError
 
+from .codes import CompactIndex, downcast
 from .durable import atomic_write_bytes
 from .layout import TRAINED_FILE, PathLike, trained_template_path
 from .manifest import FaissSpec, FileInfo, Manifest
@@ -47,8 +48,8 @@ def faiss_index_to_cpu(index: faiss.Index) -> faiss.Index:
 def faiss_ids(index: faiss.Index) -> Optional[np.ndarray]:
     """The int64 ids `index.search` returns for its stored vectors (in storage order),
     or None when they are its positions 0..ntotal-1 (no id map, e.g. a bare Flat/HNSW)."""
-    index = faiss.downcast_index(index)
-    if hasattr(index, "id_map"):  # IndexIDMap, IndexIDMap2
+    index = downcast(index)
+    if hasattr(index, "id_map"):  # IndexIDMap, IndexIDMap2 (float or binary)
         return faiss.vector_to_array(index.id_map).astype(np.int64, copy=False)
     if isinstance(index, faiss.IndexPreTransform):
         return faiss_ids(index.index)
@@ -114,6 +115,8 @@ def new_shard_index(index_dir: PathLike, manifest: Manifest) -> faiss.Index:
     IDMap2: its reverse hash map costs memory on every load, and exact vectors for
     rescoring live in vectors.npy)."""
     spec = manifest.faiss
+    if manifest.compact is not None:  # truncated / quantised codes of the vectors added (see .codes)
+        return CompactIndex(manifest.compact, spec.factory, faiss_metric(manifest.metric))
     if spec.trained_path is not None:
         index = read_trained_template(index_dir, spec)
     else:

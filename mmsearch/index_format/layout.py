@@ -7,6 +7,7 @@
     INDEX/shards/NNNNN/vectors.npy    optional float16 (rows, dim) vectors, row-aligned
     INDEX/shards/NNNNN/tokens.npy     multi-vector models: every item's token vectors, flat (see .tokens)
     INDEX/shards/NNNNN/token_offsets.npy, token_scales.npy   their row offsets, int8 scales
+    INDEX/shards/NNNNN/lexical/       optional tantivy BM25 index of the text fields (see .lexical)
     INDEX/store.lmdb                  id -> row, embedding cache, tombstones, thumbnails
     INDEX/errors.jsonl                the rejections of the last run
     INDEX/stats.json                  counts and timings of the last run
@@ -37,6 +38,7 @@ VECTORS_FILE = "vectors.npy"
 TOKENS_FILE = "tokens.npy"                  # multi-vector models: (T, d) float16 or int8 token vectors
 TOKEN_OFFSETS_FILE = "token_offsets.npy"    # (rows + 1,) int64
 TOKEN_SCALES_FILE = "token_scales.npy"      # (T,) float32, int8 tokens only
+LEXICAL_DIR = "lexical"                     # a tantivy index of the text fields (see .lexical)
 STORE_DIR = "store.lmdb"
 ERRORS_FILE = "errors.jsonl"
 STATS_FILE = "stats.json"

@@ -24,6 +24,8 @@ from .durable import atomic_write_json, sha256_file, utc_now
 from .fields import frozen_map, get_field
 from .layout import MANIFEST_FILE, TOKENS_FILE, VECTORS_FILE, PathLike, manifest_path
 from .model import ModelInfo
+from .codes import CompactSpec
+from .tokens import MultiVectorSpec
 
 FORMAT_VERSION = 1
 METRICS = ("inner_product", "l2")
@@ -163,6 +165,10 @@ class Manifest:
     # What made the index: sources with fingerprints and the settings that shape it
     # (see .job); {} for an index written before job records.
     job: Mapping[str, Any] = field(default_factory=dict)
+    # A multi-vector (late-interaction) index: FDEs in FAISS, token vectors per shard; None otherwise.
+    multi_vector: Optional[MultiVectorSpec] = None
+    # Compact first-stage codes (Matryoshka truncation, float16/int8/binary) and rescoring; None: float32 as is.
+    compact: Optional[CompactSpec] = None
 
     def __post_init__(self) -> None:
         if self.format_version != FORMAT_VERSION:
@@ -197,11 +203,23 @@ class Manifest:
     @classmethod
     def create(cls, model: ModelInfo, faiss: FaissSpec, instructions: Union[str, Mapping[str, str]] = "",
                metric: str = "inner_product", extra: Optional[Mapping[str, Any]] = None,
-               job: Optional[Mapping[str, Any]] = None) -> "Manifest":
+               job: Optional[Mapping[str, Any]] = None,
+               multi_vector: Optional[MultiVectorSpec] = None,
+               compact: Optional[CompactSpec] = None) -> "Manifest":
         """A new manifest with no shards; a plain string instruction becomes the default."""
         now = utc_now()
         return cls(model=model, faiss=faiss, created=now, updated=now, metric=metric,
-                   instructions=_instruction_map(instructions), extra=extra or {}, job=job or {})
+                   instructions=_instruction_map(instructions), extra=extra or {}, job=job or {},
+                   multi_vector=multi_vector, compact=compact)
+
+    def encoder_options(self) -> dict:
+        """What `load_encoder` needs besides the model id to embed as this index did. A
+        multi-vector model's `dim` is its FDE's (`multi_vector` says how to make it), not a size
+        to truncate the model to."""
+        options = self.model.encoder_options()
+        if self.multi_vector is not None:
+            options.pop("dim", None)
+        return options
 
     def with_shard(self, shard: ShardInfo) -> "Manifest":
         """A copy with `shard` listed (commit it with `write_manifest`)."""
@@ -243,6 +261,8 @@ class Manifest:
             "totals": {"rows": self.total_rows, "shards": len(self.shards), "bytes": self.total_bytes},
             "extra": dict(self.extra),
             **({"job": dict(self.job)} if self.job else {}),
+            **({"multi_vector": self.multi_vector.to_dict()} if self.multi_vector else {}),
+            **({"compact": self.compact.to_dict()} if self.compact else {}),
         }
 
     @classmethod
@@ -262,13 +282,23 @@ class Manifest:
             shards=tuple(ShardInfo.from_dict(s) for s in shards),
             next_row=get_field(d, "next_row", "manifest", int),
             extra=get_field(d, "extra", "manifest", Mapping, optional=True) or {},
-            job=get_field(d, "job", "manifest", Mapping, optional=True) or {})
+            job=get_field(d, "job", "manifest", Mapping, optional=True) or {},
+            multi_vector=_multi_vector(get_field(d, "multi_vector", "manifest", Mapping, optional=True)),
+            compact=_compact(get_field(d, "compact", "manifest", Mapping, optional=True)))
         rows = manifest.total_rows
         totals = d.get("totals")
         if isinstance(totals, Mapping) and totals.get("rows", rows) != rows:
             raise IndexFormatError(f"totals.rows {totals['rows']!r} != sum of shard rows "
                                    f"{manifest.total_rows} (manifest edited by hand?)")
         return manifest
+
+
+def _multi_vector(d: Optional[Mapping[str, Any]]) -> Optional[MultiVectorSpec]:
+    return None if d is None else MultiVectorSpec.from_dict(d)
+
+
+def _compact(d: Optional[Mapping[str, Any]]) -> Optional[CompactSpec]:
+    return None if d is None else CompactSpec.from_dict(d)
 
 
 def _instruction_map(value: Union[str, Mapping[str, str]]) -> Mapping[str, str]:

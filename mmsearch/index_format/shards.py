@@ -22,8 +22,10 @@ import pyarrow.ipc as ipc
 
 from mmsearch.errors import IndexFormatError
 
+from .codes import CompactIndex, read_faiss_index, write_faiss_index
 from .durable import fsync_dir, fsync_file
 from .faiss_io import faiss_id_problem, faiss_index_to_cpu
+from .lexical import lexical_fields, lexical_file_entries, lexical_texts, write_lexical
 from .layout import (INDEX_FILE, META_FILE, SHARD_NAME, TMP_MARK, VECTORS_FILE, PathLike, manifest_path, shard_dir,
                      shards_path)
 from .manifest import FileInfo, ShardInfo, read_manifest
@@ -62,9 +64,19 @@ def _is_listed(index_dir: Path, name: str) -> bool:
     return any(s.name == name for s in read_manifest(index_dir).shards)
 
 
+def _lexical_texts(index_dir: Path, meta: pa.Table) -> Optional[List[str]]:
+    """The rows' texts for the lexical index when the committed manifest names text fields
+    (read here, so every shard writer - build, add, compaction, Ray - writes it alike)."""
+    if not manifest_path(index_dir).exists():
+        return None
+    fields = lexical_fields(read_manifest(index_dir).extra)
+    return lexical_texts(meta, fields) if fields else None
+
+
 def _write_files(d: Path, index: faiss.Index, meta: pa.Table,
-                 vectors: Optional[np.ndarray], tokens: Optional[TokenMatrix] = None) -> dict:
-    faiss.write_index(index, str(d / INDEX_FILE))
+                 vectors: Optional[np.ndarray], tokens: Optional[TokenMatrix] = None,
+                 lexical: Optional[List[str]] = None) -> dict:
+    write_faiss_index(index, str(d / INDEX_FILE))
     fsync_file(d / INDEX_FILE)
     # Uncompressed IPC file: readers memory-map it and take rows without copying.
     with pa.OSFile(str(d / META_FILE), "wb") as sink, ipc.new_file(sink, meta.schema) as writer:
@@ -77,7 +89,9 @@ def _write_files(d: Path, index: faiss.Index, meta: pa.Table,
             os.fsync(f.fileno())
     if tokens is not None:
         write_tokens(d, tokens)
-    return {p.name: FileInfo.of(p) for p in sorted(d.iterdir())}
+    if lexical is not None:
+        write_lexical(d, lexical)
+    return {p.relative_to(d).as_posix(): FileInfo.of(p) for p in lexical_file_entries(d)}
 
 
 def write_shard(index_dir: PathLike, name: str, faiss_index: faiss.Index, ids: np.ndarray,
@@ -87,13 +101,15 @@ def write_shard(index_dir: PathLike, name: str, faiss_index: faiss.Index, ids: n
 
     `ids` are the shard's global rows (contiguous int64), `faiss_index` must return
     exactly those ids from search, `meta_table`, `vectors` (stored as float16) and a
-    multi-vector model's `tokens` are row-aligned with them. The shard is not visible
-    until a manifest lists it.
+    multi-vector model's `tokens` are row-aligned with them. When the committed manifest
+    names text fields, the shard's lexical index is built from `meta_table` (`.lexical`).
+    The shard is not visible until a manifest lists it.
     """
     index_dir = Path(index_dir)
     if not isinstance(name, str) or not SHARD_NAME.match(name):
         raise IndexFormatError(f"shard name must be zero-padded digits like '00000', got {name!r}")
-    index = faiss_index_to_cpu(faiss_index)
+    width = faiss_index.d  # the vectors' (a CompactIndex stores shorter or coarser codes of them)
+    index = faiss_index.faiss if isinstance(faiss_index, CompactIndex) else faiss_index_to_cpu(faiss_index)
     ids = _check_ids(name, ids)
     id_start, rows = int(ids[0]), len(ids)
     if index.ntotal != rows:
@@ -103,7 +119,7 @@ def write_shard(index_dir: PathLike, name: str, faiss_index: faiss.Index, ids: n
     if problem:
         raise IndexFormatError(f"write_shard {name}: {problem}")
     meta = canonical_meta(meta_table, name, id_start, rows)
-    vectors = _check_vectors(name, vectors, rows, index.d)
+    vectors = _check_vectors(name, vectors, rows, width)
     if tokens is not None:
         tokens.check(f"write_shard {name}", rows)
     if _is_listed(index_dir, name):
@@ -114,7 +130,7 @@ def write_shard(index_dir: PathLike, name: str, faiss_index: faiss.Index, ids: n
     tmp = shards / f"{TMP_MARK}{name}-{os.getpid()}-{secrets.token_hex(4)}"
     tmp.mkdir()
     try:
-        files = _write_files(tmp, index, meta, vectors, tokens)
+        files = _write_files(tmp, index, meta, vectors, tokens, _lexical_texts(index_dir, meta))
         fsync_dir(tmp)
         final = shards / name
         if final.exists():  # a stale, unlisted leftover of an earlier crashed run
@@ -187,13 +203,13 @@ def open_shard_index(index_dir: PathLike, shard: ShardRef, mmap: bool = True) ->
     index = None
     for flags in _mmap_flags() if mmap else []:
         try:
-            index = faiss.read_index(path, flags)
+            index = read_faiss_index(path, flags)
             break
         except RuntimeError:  # this index type cannot be mapped that way: try the next
             continue
     if index is None:
         try:
-            index = faiss.read_index(path)
+            index = read_faiss_index(path)
         except RuntimeError as e:
             raise IndexFormatError(f"cannot read FAISS index {path}: {e}") from e
     _check_rows(shard, INDEX_FILE, index.ntotal)

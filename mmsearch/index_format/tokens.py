@@ -14,18 +14,60 @@ so they share its durability: complete or absent.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
 from mmsearch.errors import IndexFormatError, InputError
 from mmsearch.multivector import TokenStore, quantize_tokens
 
+from .fields import frozen_map, get_field
 from .layout import TOKEN_OFFSETS_FILE, TOKEN_SCALES_FILE, TOKENS_FILE
 
 TOKEN_PRECISIONS = ("float16", "int8")
+# fastembed's MUVERA defaults (an FDE of 20 * 2**5 * 16 = 10,240 dims); `multivector.Muvera`'s arguments
+FDE_DEFAULTS = {"k_sim": 5, "dim_proj": 16, "r_reps": 20, "seed": 42}
+DEFAULT_CANDIDATES = 200
+
+
+@dataclass(frozen=True)
+class MultiVectorSpec:
+    """How a multi-vector index is laid out (manifest key ``multi_vector``): the FAISS index
+    holds one MUVERA FDE per item (the manifest model's `dim` is the FDE's), each shard the
+    items' `token_dim`-d token vectors at `precision`; a search reranks the FDE's best
+    `candidates` by exact MaxSim. `fde` are the `Muvera` arguments, and must be the query's."""
+
+    token_dim: int
+    precision: str = "float16"
+    fde: Mapping[str, int] = field(default_factory=lambda: dict(FDE_DEFAULTS))
+    candidates: int = DEFAULT_CANDIDATES
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.token_dim, int) or self.token_dim < 1:
+            raise IndexFormatError(f"multi_vector.token_dim must be a positive int, got {self.token_dim!r}")
+        if self.precision not in TOKEN_PRECISIONS:
+            raise IndexFormatError(f"multi_vector.precision {self.precision!r}: expected one of "
+                                   f"{list(TOKEN_PRECISIONS)}")
+        unknown = sorted(set(self.fde) - set(FDE_DEFAULTS))
+        bad = {k: v for k, v in dict(self.fde).items() if isinstance(v, bool) or not isinstance(v, int)}
+        if unknown or bad:
+            raise IndexFormatError(f"multi_vector.fde: unknown keys {unknown} or non-integer values {bad}; "
+                                   f"keys: {sorted(FDE_DEFAULTS)}")
+        if not isinstance(self.candidates, int) or self.candidates < 1:
+            raise IndexFormatError(f"multi_vector.candidates must be an int >= 1, got {self.candidates!r}")
+        object.__setattr__(self, "fde", frozen_map({**FDE_DEFAULTS, **dict(self.fde)}))
+
+    def to_dict(self) -> dict:
+        return {"token_dim": self.token_dim, "precision": self.precision, "fde": dict(self.fde),
+                "candidates": self.candidates}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "MultiVectorSpec":
+        w = "multi_vector"
+        return cls(token_dim=get_field(d, "token_dim", w, int), precision=get_field(d, "precision", w, str),
+                   fde=get_field(d, "fde", w, Mapping), candidates=get_field(d, "candidates", w, int))
 
 
 @dataclass(frozen=True, eq=False)

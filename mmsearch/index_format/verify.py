@@ -1,6 +1,7 @@
 """`verify_index`: every checksum, row count and id range of an index, checked."""
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import List, Optional
 
@@ -11,7 +12,8 @@ from mmsearch.errors import IndexFormatError
 
 from .durable import sha256_file
 from .faiss_io import faiss_id_problem, read_trained_template
-from .layout import INDEX_FILE, META_FILE, TOKENS_FILE, VECTORS_FILE, PathLike, shard_dir
+from .layout import INDEX_FILE, LEXICAL_DIR, META_FILE, TOKENS_FILE, VECTORS_FILE, PathLike, shard_dir
+from .lexical import has_lexical, lexical_fields, open_lexical
 from .manifest import FileInfo, ShardInfo, read_manifest
 from .meta import META_COLUMNS, meta_id_problem
 from .shards import load_shard_tokens, load_shard_vectors, open_shard_index, open_shard_meta
@@ -38,7 +40,10 @@ def verify_index(index_dir: PathLike) -> List[str]:
                 problems.append(f"index: {spec.trained_path}: unreadable: {e}")
     item_ids = []
     for shard in manifest.shards:
-        problems += _verify_shard(index_dir, shard, manifest.model.dim, item_ids)
+        stored = manifest.compact.dim if manifest.compact else manifest.model.dim  # faiss holds compact codes
+        problems += _verify_shard(index_dir, shard, manifest.model.dim, item_ids, stored)
+        if lexical_fields(manifest.extra) and not has_lexical(shard):
+            problems.append(f"shard {shard.name}: {LEXICAL_DIR}/: missing (the manifest names text fields)")
     if item_ids:
         problem = meta_id_problem(pa.chunked_array(item_ids))
         if problem:
@@ -46,9 +51,10 @@ def verify_index(index_dir: PathLike) -> List[str]:
     return problems
 
 
-def _file_problem(path: Path, info: FileInfo, problems: List[str], where: str) -> bool:
-    """Append a problem unless `path` matches `info`; True when it matches."""
-    rel = f"{where}: {path.name}"
+def _file_problem(path: Path, info: FileInfo, problems: List[str], where: str, name: Optional[str] = None) -> bool:
+    """Append a problem unless `path` matches `info`; True when it matches. `name`: how to
+    call the file (default its name; a shard's lexical/ files by their path in the shard)."""
+    rel = f"{where}: {name or path.name}"
     if not path.is_file():
         problems.append(f"{rel}: missing ({path})")
     elif path.stat().st_size != info.bytes:
@@ -60,16 +66,17 @@ def _file_problem(path: Path, info: FileInfo, problems: List[str], where: str) -
     return False
 
 
-def _verify_shard(index_dir: PathLike, shard: ShardInfo, dim: int, item_ids: list) -> List[str]:
+def _verify_shard(index_dir: PathLike, shard: ShardInfo, dim: int, item_ids: list,
+                  stored_dim: Optional[int] = None) -> List[str]:
     where, problems = f"shard {shard.name}", []
     for required in (INDEX_FILE, META_FILE):
         if required not in shard.files:
             problems.append(f"{where}: {required}: not listed in the manifest")
     folder = shard_dir(index_dir, shard)
     intact = {f for f, info in shard.files.items()
-              if _file_problem(folder / f, info, problems, where)}
-    checks = {INDEX_FILE: _verify_faiss, META_FILE: _verify_meta, VECTORS_FILE: _verify_vectors,
-              TOKENS_FILE: _verify_tokens}
+              if _file_problem(folder / f, info, problems, where, f)}
+    checks = {INDEX_FILE: partial(_verify_faiss, stored=stored_dim), META_FILE: _verify_meta, VECTORS_FILE: _verify_vectors,
+              TOKENS_FILE: _verify_tokens, f"{LEXICAL_DIR}/meta.json": _verify_lexical}
     for filename, check in checks.items():
         if filename in intact:
             try:
@@ -81,12 +88,13 @@ def _verify_shard(index_dir: PathLike, shard: ShardInfo, dim: int, item_ids: lis
     return problems
 
 
-def _verify_faiss(index_dir: PathLike, shard: ShardInfo, dim: int, _ids: list) -> Optional[str]:
+def _verify_faiss(index_dir: PathLike, shard: ShardInfo, dim: int, _ids: list,
+                  stored: Optional[int] = None) -> Optional[str]:
     index = open_shard_index(index_dir, shard.name)
     if index.ntotal != shard.rows:
         return f"holds {index.ntotal} vectors, the manifest says {shard.rows}"
-    if index.d != dim:
-        return f"dimension {index.d}, the model's is {dim}"
+    if index.d != (stored or dim):
+        return f"dimension {index.d}, the manifest's is {stored or dim}"
     return faiss_id_problem(index, shard.id_start, shard.rows)
 
 
@@ -112,4 +120,9 @@ def _verify_vectors(index_dir: PathLike, shard: ShardInfo, dim: int, _ids: list)
 
 def _verify_tokens(index_dir: PathLike, shard: ShardInfo, _dim: int, _ids: list) -> Optional[str]:
     load_shard_tokens(index_dir, shard)  # offsets cover the rows and the matrix (raises IndexFormatError)
+    return None
+
+
+def _verify_lexical(index_dir: PathLike, shard: ShardInfo, _dim: int, _ids: list) -> Optional[str]:
+    open_lexical(index_dir, shard, rows=shard.rows)  # one document per row (raises IndexFormatError)
     return None

@@ -23,13 +23,13 @@ from typing import List, Optional
 
 from ..errors import IndexFormatError, IndexMismatchError, InputError, MMSearchError
 from ..index_format import (FORMAT_FILES, atomic_write_json, check_model, errors_path, fingerprint_source, is_index,
-                            job_differences, job_record, legacy_differences, model_info_of, read_manifest,
+                            job_differences, job_record, legacy_differences, lexical_extra, model_info_of, read_manifest,
                             remove_unlisted, require_index, stats_path, store_path, utc_now, wipe_index,
                             write_manifest, writer_lock)
 from ..store import Store
-from . import planner
+from . import compact_plan, planner
 from .estimate import estimate_rows
-from .loading import load_build_encoder
+from .loading import load_build_encoder, multi_vector_setup
 from .pipeline import Pipeline
 from .query_bank import load_bank_queries, store_query_bank
 from .settings import BuildSettings
@@ -207,15 +207,17 @@ def _run(paths: List[str], out: Path, settings: BuildSettings, encoder, bank_que
     that can refuse the run comes before the store is opened or a file is written."""
     with _session(settings) as cluster:
         known = _existing_manifest(out)
-        encoder = encoder or load_build_encoder(settings, known, cluster)
+        encoder, multi_vector = multi_vector_setup(settings, known, encoder or load_build_encoder(
+            compact_plan.encoder_settings(settings), known, cluster))
         info = model_info_of(encoder)
         if known is not None:
             _check_model(out, known.model, info, job)
         instructions = _instructions(settings, known, encoder)
-        plan = _plan(settings, known, paths, encoder.dim)
+        plan = compact_plan.apply(lambda: _plan(settings, known, paths, encoder.dim), settings, encoder, known,
+                                  lambda: estimate_rows(paths, settings.source_kind))
         with Store(store_path(out)) as store:
-            return _write(paths, out, settings, _Checked(encoder, info, instructions, plan, job), bank_queries,
-                          store, cluster)
+            return _write(paths, out, settings, _Checked(encoder, info, instructions, plan, job, multi_vector),
+                          bank_queries, store, cluster)
 
 
 @dataclass(frozen=True)
@@ -227,6 +229,7 @@ class _Checked:
     instructions: dict
     plan: object
     job: Optional[dict]
+    multi_vector: object = None  # the MultiVectorSpec of a multi-vector model's index
 
 
 def _write(paths: List[str], out: Path, settings: BuildSettings, c: _Checked, bank_queries, store,
@@ -244,11 +247,12 @@ def _write(paths: List[str], out: Path, settings: BuildSettings, c: _Checked, ba
         added = [*manifest.job.get("added", ()),
                  {"sources": [fingerprint_source(p, exclude=out) for p in paths], "at": utc_now()}]
         manifest = dataclasses.replace(manifest, job={**manifest.job, "added": added})
-    extra = {"sources": paths} if manifest is None else dict(manifest.extra)
+    extra = {"sources": paths, **lexical_extra(settings.text_fields)} if manifest is None else dict(manifest.extra)
     writer = ShardWriter(out, store, c.info, instructions, plan, shard_size=settings.shard_size,
                          store_vectors=settings.store_vectors,
                          train_size=planner.train_size(plan, settings.train_size),
-                         recall_target=settings.recall_target, extra=extra, manifest=manifest, job=c.job)
+                         recall_target=settings.recall_target, extra=extra, manifest=manifest, job=c.job,
+                         multi_vector=c.multi_vector)
     stats = RunStats()
     total = estimate_rows(paths, settings.source_kind)
     bar = tqdm(total=total, unit="item", desc="index", disable=not settings.show_progress, dynamic_ncols=True)

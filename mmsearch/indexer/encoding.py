@@ -4,6 +4,8 @@ Shared by the local engine (its encoder thread) and the Ray engine (its encoder
 actors). Vectors are looked up in the cache by (model, instruction, content
 hash) first; only misses go to the model. The caller stores `Encoded.fresh` in
 the cache (the local engine at once, the Ray driver when it ingests a batch).
+A multi-vector encoder (`encoders.fde.FdeEncoder`) gives each item's token matrix
+as well as its FDE; those bypass the cache, which holds one vector per key.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ CacheGet = Callable[[List[bytes]], Mapping[bytes, np.ndarray]]
 class Encoded:
     vectors: np.ndarray                     # (n, dim) float32; rows of failed items are zeros
     keys: List[bytes]                       # cache key of each item
+    tokens: Optional[List[Optional[np.ndarray]]] = None  # a multi-vector model's token matrices (None: failed)
     failed: Dict[int, str] = field(default_factory=dict)          # position -> reason
     fresh: Dict[bytes, np.ndarray] = field(default_factory=dict)  # computed now, for the cache
     cache_hits: int = 0
@@ -55,8 +58,10 @@ def encode_chunk(encoder: Encoder, chunk: Sequence[Prepared], cache_get: Optiona
     """Vectors for `chunk`. `first` says nothing was encoded yet in this run (or actor):
     then a chunk where every item fails means the model is broken, and that raises."""
     keys = cache_keys(model_key(encoder), chunk)
-    cached = dict(cache_get(keys)) if cache_get is not None and keys else {}
-    result = Encoded(np.zeros((len(chunk), encoder.dim), dtype=np.float32), keys)
+    multi = getattr(encoder, "multi_vector", False)
+    cached = dict(cache_get(keys)) if cache_get is not None and keys and not multi else {}
+    result = Encoded(np.zeros((len(chunk), encoder.dim), dtype=np.float32), keys,
+                     tokens=[None] * len(chunk) if multi else None)
     todo = [i for i, k in enumerate(keys) if k not in cached]
     for i, k in enumerate(keys):
         if k in cached:
@@ -64,11 +69,13 @@ def encode_chunk(encoder: Encoder, chunk: Sequence[Prepared], cache_get: Optiona
     result.cache_hits = len(chunk) - len(todo)
     if todo:
         t0 = time.perf_counter()
-        fresh, failed = _encode_requests(encoder, [chunk[i] for i in todo], batch_size, first)
+        fresh, tokens, failed = _encode_requests(encoder, [chunk[i] for i in todo], batch_size, first)
         result.seconds = time.perf_counter() - t0
         for j, i in enumerate(todo):
             if j in failed:
                 result.failed[i] = failed[j]
+            elif multi:
+                result.vectors[i], result.tokens[i] = fresh[j], tokens[j]
             else:
                 result.vectors[i] = fresh[j]
                 result.fresh[keys[i]] = fresh[j]
@@ -77,19 +84,29 @@ def encode_chunk(encoder: Encoder, chunk: Sequence[Prepared], cache_get: Optiona
 
 
 def _encode_requests(encoder: Encoder, items: List[Prepared], batch_size: Optional[int], first: bool):
-    """Vectors for `items`; on a model error, retry one by one and report which failed.
-    If nothing could ever be encoded the model itself is broken: raise."""
+    """(vectors, token matrices or None, {position: reason}) of `items`; on a model error,
+    retry one by one and report which failed. If nothing could ever be encoded the model
+    itself is broken: raise."""
+    def run(requests, bs=None):
+        if getattr(encoder, "multi_vector", False):
+            return encoder.encode_requests_with_tokens(requests, batch_size=bs, show_progress=False)
+        return encoder.encode_requests(requests, batch_size=bs, show_progress=False), None
+
     try:
-        return encoder.encode_requests([p.request for p in items], batch_size=batch_size, show_progress=False), {}
+        return (*run([p.request for p in items], batch_size), {})
     except Exception as batch_error:
         first_error = batch_error
     vectors = np.zeros((len(items), encoder.dim), dtype=np.float32)
+    tokens: Optional[list] = [None] * len(items) if getattr(encoder, "multi_vector", False) else None
     failed = {}
     for j, p in enumerate(items):
         try:
-            vectors[j] = encoder.encode_requests([p.request], show_progress=False)[0]
+            one, one_tokens = run([p.request])
+            vectors[j] = one[0]
+            if tokens is not None:
+                tokens[j] = one_tokens[0]
         except Exception as e:  # e.g. an aspect ratio the processor refuses
             failed[j] = f"the model could not encode it: {type(e).__name__}: {e}"
     if len(failed) == len(items) and first:
         raise first_error
-    return vectors, failed
+    return vectors, tokens, failed

@@ -9,9 +9,9 @@ from typing import Iterable, List
 import numpy as np
 
 from ..errors import IndexFormatError, InputError
-from ..index_format import (VECTORS_FILE, load_shard_vectors, new_shard_index, open_shard_index, open_shard_meta,
-                            read_manifest, remove_unlisted, shard_dir, shard_name, store_path, utc_now, write_manifest,
-                            write_shard, writer_lock)
+from ..index_format import (VECTORS_FILE, load_shard_tokens, load_shard_vectors, new_shard_index, open_shard_index,
+                            open_shard_meta, read_manifest, remove_unlisted, shard_dir, shard_name, store_path, utc_now,
+                            write_manifest, write_shard, writer_lock)
 from ..store import Store
 from .writer import sync_store
 
@@ -27,9 +27,16 @@ def delete_ids(index_dir, ids: Iterable[str]) -> int:
         return store.add_tombstones(ids)
 
 
-def _shard_vectors(out: Path, shard) -> np.ndarray:
+def _shard_vectors(out: Path, shard, manifest) -> np.ndarray:
     if shard.has_vectors:
         return np.asarray(load_shard_vectors(out, shard), dtype=np.float32)
+    if shard.has_tokens and manifest.multi_vector is not None:
+        # the FDEs again, from the stored tokens: closer to the originals than a PQ index's codes
+        from ..multivector import Muvera
+
+        tokens = load_shard_tokens(out, shard)
+        muvera = Muvera(tokens.dim, **manifest.multi_vector.fde)
+        return muvera.encode_documents(tokens.decode(slice(None)), tokens.offsets)
     index = open_shard_index(out, shard, mmap=False)
     try:
         return index.reconstruct_n(0, index.ntotal)
@@ -77,14 +84,16 @@ def compact(index_dir) -> dict:
 
 def _rewrite(out: Path, manifest, shard, keep: np.ndarray):
     """A new shard (new global rows at next_row) holding the kept rows of `shard`; not yet listed."""
-    vectors = _shard_vectors(out, shard)[keep]
+    vectors = _shard_vectors(out, shard, manifest)[keep]
     meta = open_shard_meta(out, shard).filter(keep)
     start = manifest.next_row
     ids = np.arange(start, start + len(vectors), dtype=np.int64)
     index = new_shard_index(out, manifest)
     index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
     number = max(int(s.name) for s in manifest.shards) + 1
-    info = write_shard(out, shard_name(number), index, ids, meta, vectors if shard.has_vectors else None)
+    tokens = load_shard_tokens(out, shard).take(np.flatnonzero(keep)) if shard.has_tokens else None
+    info = write_shard(out, shard_name(number), index, ids, meta, vectors if shard.has_vectors else None,
+                       tokens=tokens)
     # list it now so the next rewrite numbers after it; the caller commits the final list
     manifest = manifest.with_shard(info)
     return manifest, info
@@ -110,5 +119,20 @@ def describe(index_dir) -> dict:
         "candidate_instruction": d["candidate_instruction"], "metric": d["metric"], "faiss": d["faiss"],
         "shards": len(manifest.shards), "rows": manifest.total_rows, "deleted": deleted,
         "live_rows": manifest.total_rows - deleted, "bytes": manifest.total_bytes,
+        "bytes_per_item": _bytes_per_item(manifest),
         "created": d["created"], "updated": d["updated"],
+        **({"multi_vector": d["multi_vector"]} if "multi_vector" in d else {}),
     }
+
+
+def _bytes_per_item(manifest) -> dict:
+    """Bytes on disk per stored row, by what they hold (faiss index, metadata, vectors, tokens)."""
+    rows = max(manifest.total_rows, 1)
+    kinds: dict = {}
+    for shard in manifest.shards:
+        for name, f in shard.files.items():
+            kind = "tokens" if name.startswith("token") else name.split(".")[0]
+            kinds[kind] = kinds.get(kind, 0) + f.bytes
+    out = {k: round(v / rows, 1) for k, v in sorted(kinds.items())}
+    out["total"] = round(sum(kinds.values()) / rows, 1)
+    return out

@@ -146,12 +146,13 @@ class Pipeline:
         thumbs = {p.item.id: p.thumbnail for p, good in zip(chunk, ok) if good and p.thumbnail}
         if thumbs:
             self.store.put_thumbnails(thumbs)
-        self._write([p for p, good in zip(chunk, ok) if good], enc.vectors[ok])
+        tokens = None if enc.tokens is None else [t for t, good in zip(enc.tokens, ok) if good]
+        self._write([p for p, good in zip(chunk, ok) if good], enc.vectors[ok], tokens)
 
     # --- stage 4: write (one thread) --------------------------------------------------------
-    def _write(self, items: List[Prepared], vectors: np.ndarray) -> None:
+    def _write(self, items: List[Prepared], vectors: np.ndarray, tokens: Optional[list] = None) -> None:
         if items:
-            self._writes.put((items, vectors))
+            self._writes.put((items, vectors, tokens))
         self.stats.add(indexed=len(items))
         self.progress.update(len(items))
 

@@ -16,12 +16,16 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, Optional, Tuple
 
 import numpy as np
 
 from ..errors import InputError
+from ..index_format import CALIBRATION_ROWS
 from . import calibrate as cal
+
+if TYPE_CHECKING:
+    from ..index_format import CompactSpec
 
 FLAT_MAX_ROWS = 50_000          # exact search stays within a few ms below this
 DEFAULT_BUDGET = 4 << 30
@@ -36,6 +40,7 @@ PROBE_ROWS = 10_000             # a graph candidate is first measured on this ma
 TRAIN_PER_LIST = (40, 256)
 TRAIN_MIN = 100_000
 # Refine stages from the most to the least exact, with the bytes each keeps per dimension.
+COMPACT_SAMPLE_ROWS = 50_000   # rows `auto` measures its compact candidates on (compact_plan)
 REFINES = (("RFlat", 4), ("Refine(SQfp16)", 2), ("Refine(SQ8)", 1))
 
 
@@ -46,11 +51,21 @@ class Plan:
     search_params: Optional[dict] = None
     # `auto` on a large corpus: factories measured on the sample, the cheapest at the target wins
     candidates: Tuple[str, ...] = ()
+    # compact vectors (`compact_plan`): the spec asked for, or several for the sample to decide between
+    compact: Tuple["CompactSpec", ...] = ()
 
     @property
     def needs_training(self) -> bool:
-        """Whether the build waits for a sample: to train IVF, or to measure `candidates`."""
-        return self.nlist > 0 or len(self.candidates) > 1
+        """Whether the build waits for a sample: to train IVF, to measure `candidates`, or to
+        calibrate / choose its compact codes."""
+        return self.nlist > 0 or len(self.candidates) > 1 or self.compact_sample > 0
+
+    @property
+    def compact_sample(self) -> int:
+        """Rows held back before the manifest: to choose among compact candidates, or to calibrate int8."""
+        if len(self.compact) > 1:
+            return COMPACT_SAMPLE_ROWS
+        return CALIBRATION_ROWS if any(c.needs_calibration for c in self.compact) else 0
 
 
 def _pq_m(dim: int) -> int:
@@ -119,6 +134,8 @@ def _ivf_of(index):
 def train_size(p: Plan, requested: Optional[int]) -> int:
     if not p.needs_training:
         return 0
+    if p.compact:
+        return int(requested or p.compact_sample)
     low, high = TRAIN_PER_LIST
     return int(requested or min(high * p.nlist, max(low * p.nlist, TRAIN_MIN)))
 

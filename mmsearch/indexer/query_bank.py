@@ -26,7 +26,7 @@ from ..errors import InputError
 from ..index_format import check_model, model_info_of, read_manifest, save_query_bank, utc_now, writer_lock
 from ..tasks import resolve_instruction
 from ..types import Query
-from .loading import load_build_encoder
+from .loading import load_build_encoder, multi_vector_setup
 from .settings import BuildSettings
 
 # Read by the query engine under the same names (mmsearch.query.index).
@@ -54,6 +54,8 @@ def write_query_bank(index_dir, queries: BankInput, *, task: Optional[str] = Non
     with writer_lock(out):
         if encoder is None and not isinstance(bank_queries, np.ndarray):
             encoder = load_build_encoder(BuildSettings(device=device), manifest, None)
+        if encoder is not None:  # a multi-vector index's bank holds query FDEs
+            encoder = multi_vector_setup(BuildSettings(device=device), manifest, encoder)[0]
         return store_query_bank(out, manifest, bank_queries, task=task, instruction=instruction, encoder=encoder,
                                 batch_size=batch_size, show_progress=show_progress)
 

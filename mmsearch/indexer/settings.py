@@ -6,6 +6,7 @@ from typing import Any, Mapping, Optional, Union
 
 from ..errors import InputError
 from ..images import DEFAULT_MAX_PIXELS
+from ..index_format import parse_text_fields
 
 DEFAULT_INSTRUCTIONS = {
     # VLM2Vec's candidate conventions (DESIGN.md §3): raw text, a fixed image
@@ -45,14 +46,29 @@ class BuildSettings:
     train_size: Optional[int] = None     # vectors to train IVF on; None = picked from nlist
     show_progress: bool = False
     recall_target: float = 0.95          # recall@10 auto's index and search defaults are calibrated to (held out)
+    # Compact vectors (issue #25, `compact_plan`): codes of the first stage (float32, float16, int8, binary;
+    # "auto": the memory budget picks dim and precision; None: float32, or auto when index="auto" and the
+    # float32 vectors exceed memory_budget), then rescoring of oversample * k candidates from vectors.npy.
+    precision: Optional[str] = None
+    oversample: float = 4.0
+    rescore: bool = True
+    keep_full: bool = False              # with dim: encode full size, index the truncation, keep full vectors
     engine: str = "local"                # "local" (threads in this process) or "ray" (Ray Data)
     ray_address: Optional[str] = None    # None: $RAY_ADDRESS, a `ray start` cluster here, or a new local one
     partition_size: int = 10_000         # records per partition (unit of work, retry and resume on Ray)
     ray_actors: Optional[int] = None     # encoder actors; None: one per GPU, else half the CPUs
     ray_actor_cpus: float = 1.0          # CPUs reserved per encoder actor
+    # Multi-vector models (colqwen2, ...): token storage, MUVERA arguments (k_sim, dim_proj, r_reps, seed)
+    # and the FDE candidates a search reranks by MaxSim; None / {}: the index's own, else the defaults.
+    token_precision: Optional[str] = None
+    fde: Mapping[str, int] = field(default_factory=dict)
+    candidates: Optional[int] = None
     # Typical queries (a file, a list, or (n, dim) embeddings) written as INDEX/query_bank.npy after
     # the run, for hubness reranking; encoded with `task`'s query instruction, else none.
     query_bank: Any = None
+    # Columns indexed for lexical (BM25) search, e.g. ("text", "caption"); a PDF page's text
+    # layer (page_text) joins them. (): no lexical index. A str "a,b" is accepted.
+    text_fields: Any = ()
 
     def __post_init__(self) -> None:
         for name in ("shard_size", "queue_size", "partition_size"):
@@ -73,6 +89,21 @@ class BuildSettings:
         if self.max_errors is not None and (self.max_errors < 0):
             raise InputError(f"max_errors must be >= 0, got {self.max_errors!r}")
         self._check_engine()
+        self._check_compact()
+        object.__setattr__(self, "text_fields", parse_text_fields(self.text_fields))
+
+    def _check_compact(self) -> None:
+        valid = ("float32", "float16", "int8", "binary", "auto")
+        if self.precision is not None and self.precision not in valid:
+            raise InputError(f"precision={self.precision!r}; valid: {', '.join(valid)}")
+        if isinstance(self.oversample, bool) or not isinstance(self.oversample, (int, float)) or self.oversample < 1:
+            raise InputError(f"oversample must be a number >= 1, got {self.oversample!r}")
+        if self.keep_full and self.dim is None:
+            raise InputError("keep_full keeps the full vectors beside a Matryoshka truncation: give dim too")
+        compact = self.keep_full or self.precision not in (None, "float32")
+        if compact and self.rescore and not self.store_vectors:
+            raise InputError(f"precision={self.precision!r} rescores from the stored vectors: drop "
+                             f"store_vectors=False (--no-vectors), or pass rescore=False")
 
     def _check_engine(self) -> None:
         if self.engine not in ENGINES:
@@ -107,8 +138,9 @@ class BuildSettings:
         import json
 
         options = json.loads(json.dumps(dict(self.source_options), sort_keys=True, default=str))
+        lexical = {"text_fields": list(self.text_fields)} if self.text_fields else {}  # older jobs: no key
         return {"shard_size": self.shard_size, "store_vectors": self.store_vectors, "source_kind": self.source_kind,
-                "source_options": options}
+                "source_options": options, **lexical}
 
     def requested(self) -> dict:
         """What the run asked for where None or "auto" means "the index's own" on a resume."""

@@ -6,6 +6,7 @@ ANN benchmarks, which measure the index, not the encoder.
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
@@ -14,8 +15,9 @@ from ..errors import InputError
 from ..index_format import Manifest, ModelInfo, store_path, wipe_index, writer_lock
 from ..store import Store
 from ..types import TEXT, Item
-from . import planner
+from . import compact_plan, planner
 from .prepare import Prepared
+from .settings import BuildSettings
 from .writer import ShardWriter
 
 CHUNK = 65_536
@@ -25,8 +27,14 @@ def index_vectors(out, vectors: np.ndarray, ids: Sequence[str], *, texts: Option
                   metadata: Optional[Sequence[Mapping]] = None, model: Optional[ModelInfo] = None,
                   index: str = "auto", memory_budget: Optional[int] = None, shard_size: int = 100_000,
                   store_vectors: bool = True, recall_target: float = 0.95, train_size: Optional[int] = None,
-                  instructions: Optional[dict] = None) -> Manifest:
-    """Write a new index at `out` from L2-normalised float32 `vectors` (n, d) and string `ids`."""
+                  instructions: Optional[dict] = None, precision: Optional[str] = None, dim: Optional[int] = None,
+                  oversample: float = 4.0, rescore: bool = True,
+                  matryoshka_sizes: Optional[Sequence[int]] = None) -> Manifest:
+    """Write a new index at `out` from L2-normalised float32 `vectors` (n, d) and string `ids`.
+
+    Compact vectors (see `compact_plan`): `precision` of the first stage's codes ("auto": the
+    memory budget picks dim and precision among `matryoshka_sizes`), `dim` a Matryoshka
+    truncation of the vectors indexed while vectors.npy keeps them whole for rescoring."""
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     if x.ndim != 2 or len(x) != len(ids):
         raise InputError(f"vectors must be (n, d) with n == len(ids); got {x.shape} for {len(ids)} ids")
@@ -34,7 +42,11 @@ def index_vectors(out, vectors: np.ndarray, ids: Sequence[str], *, texts: Option
         raise InputError("ids must be unique")
     model = model or ModelInfo(id="external", backbone="external", dim=x.shape[1], dtype="float32")
     out = Path(out)
-    plan = planner.plan(index, x.shape[1], len(x), memory_budget)
+    settings = BuildSettings(index=index, memory_budget=memory_budget, store_vectors=store_vectors, dim=dim,
+                             keep_full=dim is not None, precision=precision, oversample=oversample, rescore=rescore)
+    sizes = None if matryoshka_sizes is None else (x.shape[1],) + tuple(sorted(matryoshka_sizes, reverse=True))
+    plan = compact_plan.apply(lambda: planner.plan(index, x.shape[1], len(x), memory_budget), settings,
+                              SimpleNamespace(dim=x.shape[1]), None, lambda: len(x), sizes=sizes)
     with writer_lock(out):
         wipe_index(out)
         with Store(store_path(out)) as store:

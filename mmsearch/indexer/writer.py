@@ -15,11 +15,11 @@ from typing import Any, Callable, List, Mapping, Optional, Tuple
 import numpy as np
 
 from ..errors import InputError
-from ..index_format import (FaissSpec, Manifest, ModelInfo, ShardInfo, build_meta_table, new_shard_index,
-                            open_shard_meta, read_manifest, shard_name, write_manifest, write_shard,
-                            write_trained_template)
+from ..index_format import (FaissSpec, faiss_factory, Manifest, ModelInfo, MultiVectorSpec, ShardInfo, TokenMatrix,
+                            build_meta_table, new_shard_index, open_shard_meta, read_manifest, shard_name,
+                            write_manifest, write_shard, write_trained_template)
 from ..store import Store
-from . import planner
+from . import compact_plan, planner
 from .prepare import Prepared
 
 RETUNE_GROWTH = 1.5  # re-tune when a shard holds this many times the vectors the defaults were tuned on
@@ -33,6 +33,7 @@ class Pending:
 
     items: List[Prepared] = field(default_factory=list)
     vectors: List[np.ndarray] = field(default_factory=list)
+    tokens: List[np.ndarray] = field(default_factory=list)  # a multi-vector model's, one per item
 
     def __len__(self) -> int:
         return len(self.items)
@@ -40,9 +41,10 @@ class Pending:
     def take(self, n: int):
         stacked = np.concatenate(self.vectors) if self.vectors else np.zeros((0, 0), np.float32)
         items, self.items = self.items[:n], self.items[n:]
+        tokens, self.tokens = self.tokens[:n], self.tokens[n:]
         head, rest = stacked[:n], stacked[n:]
         self.vectors = [rest] if len(rest) else []
-        return items, head
+        return items, head, tokens
 
 
 def _arrow_safe(values: list) -> list:
@@ -68,30 +70,46 @@ def warm_up_arrow() -> None:
     meta_table_of(["warm-up"], ["text"], ["warm-up"], [None], [{}])
 
 
-def meta_table(items: List[Prepared]):
+def meta_table(items: List[Prepared], tokens: Optional[List[np.ndarray]] = None):
+    """The rows' meta.arrow table; a multi-vector index also records each row's token count
+    (`n_tokens`)."""
+    metadata = [p.metadata for p in items]
+    if tokens:
+        metadata = [{**m, "n_tokens": len(t)} for m, t in zip(metadata, tokens)]
     return meta_table_of([p.item.id for p in items], [p.modality for p in items], [p.item.text for p in items],
-                         [p.image_ref for p in items], [p.metadata for p in items])
+                         [p.image_ref for p in items], metadata)
 
 
 def write_rows(index_dir, manifest: Manifest, number: int, first_row: int, meta, vectors: np.ndarray,
-               store_vectors: bool) -> Tuple[ShardInfo, Any]:
-    """Write shard `number` holding global rows [first_row, first_row + len(vectors)).
+               store_vectors: bool, tokens: Optional[List[np.ndarray]] = None) -> Tuple[ShardInfo, Any]:
+    """Write shard `number` holding global rows [first_row, first_row + len(vectors)), and a
+    multi-vector index's token matrices (one per row, packed at the manifest's precision).
     Not visible until a manifest lists it (`ShardWriter.commit`). Returns its ShardInfo
     and the filled faiss index (still in memory, for tuning)."""
     ids = np.arange(first_row, first_row + len(vectors), dtype=np.int64)
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     index = new_shard_index(index_dir, manifest)
     index.add_with_ids(vectors, ids)
-    return write_shard(index_dir, shard_name(number), index, ids, meta, vectors if store_vectors else None), index
+    packed = None
+    if manifest.multi_vector is not None:
+        if tokens is None or len(tokens) != len(vectors):
+            raise InputError(f"a multi-vector index needs one token matrix per row, got "
+                             f"{0 if tokens is None else len(tokens)} for {len(vectors)} rows")
+        packed = TokenMatrix.pack(tokens, manifest.multi_vector.precision)
+    return write_shard(index_dir, shard_name(number), index, ids, meta, vectors if store_vectors else None,
+                       tokens=packed), index
 
 
 def start_manifest(index_dir, model: ModelInfo, instructions: dict, plan: planner.Plan,
                    sample: Optional[np.ndarray], recall_target: float, extra: dict,
-                   job: Optional[dict] = None):
+                   job: Optional[dict] = None, multi_vector: Optional[MultiVectorSpec] = None):
     """Train once (when the spec needs it) on `sample`, then create and commit the
     manifest; returns (manifest, tuning)."""
-    spec, tuning = FaissSpec(plan.factory), {}
-    if plan.needs_training:
+    spec, tuning, compact = FaissSpec(plan.factory), {}, None
+    if plan.compact:  # compact codes (compact_plan): int8 calibrated / auto's choice measured on `sample`
+        compact = compact_plan.settle(plan.compact, sample, recall_target, metric="inner_product")
+        spec = FaissSpec(plan.factory if len(plan.compact) == 1 else faiss_factory(compact.precision, "Flat"))
+    elif plan.needs_training:
         if sample is None or len(sample) < plan.nlist:
             raise InputError(f"index {plan.factory!r} needs at least {plan.nlist} vectors to train, "
                              f"the corpus gave {0 if sample is None else len(sample)}; pass --index Flat or a "
@@ -100,7 +118,8 @@ def start_manifest(index_dir, model: ModelInfo, instructions: dict, plan: planne
         tuning = choice.tuning
         spec = write_trained_template(index_dir, choice.template, choice.factory, planner.search_defaults(tuning))
         spec = dataclasses.replace(spec, calibration=choice.calibration)
-    manifest = Manifest.create(model, spec, instructions, extra=extra, job=job)
+    manifest = Manifest.create(model, spec, instructions, extra=extra, job=job, multi_vector=multi_vector,
+                               compact=compact)
     write_manifest(index_dir, manifest)
     return manifest, tuning
 
@@ -109,7 +128,7 @@ class ShardWriter:
     def __init__(self, index_dir, store: Store, model: ModelInfo, instructions: dict, plan: planner.Plan, *,
                  shard_size: int, store_vectors: bool, train_size: int, recall_target: float,
                  extra: dict, manifest: Optional[Manifest] = None, on_commit: Optional[Callable] = None,
-                 job: Optional[dict] = None):
+                 job: Optional[dict] = None, multi_vector: Optional[MultiVectorSpec] = None):
         self.index_dir = index_dir
         self.store = store
         self.model = model
@@ -121,6 +140,7 @@ class ShardWriter:
         self.recall_target = recall_target
         self.extra = extra
         self.job = job  # recorded in the manifest this writer creates (see index_format.job)
+        self.multi_vector = multi_vector  # likewise: a multi-vector index's layout
         self.manifest = manifest
         self.on_commit = on_commit
         self.pending = Pending()
@@ -132,11 +152,12 @@ class ShardWriter:
     def ready(self) -> bool:
         return self.manifest is not None
 
-    def add(self, items: List[Prepared], vectors: np.ndarray) -> None:
+    def add(self, items: List[Prepared], vectors: np.ndarray, tokens: Optional[List[np.ndarray]] = None) -> None:
         if not items:
             return
         self.pending.items.extend(items)
         self.pending.vectors.append(np.asarray(vectors, dtype=np.float32))
+        self.pending.tokens.extend(tokens or ())
         if not self.ready and len(self.pending) >= max(self.train_size, 1):
             self._start()
         while self.ready and len(self.pending) >= self.shard_size:
@@ -156,12 +177,14 @@ class ShardWriter:
     def start(self, sample: Optional[np.ndarray]) -> None:
         """Create the manifest, training the index on `sample` first when the spec needs it."""
         self.manifest, self.tuning = start_manifest(self.index_dir, self.model, self.instructions, self.plan,
-                                                    sample, self.recall_target, self.extra, job=self.job)
+                                                    sample, self.recall_target, self.extra, job=self.job,
+                                                    multi_vector=self.multi_vector)
         self.tuned_rows = 0 if sample is None else len(sample)
 
-    def _commit(self, items: List[Prepared], vectors: np.ndarray) -> None:
+    def _commit(self, items: List[Prepared], vectors: np.ndarray, tokens: List[np.ndarray]) -> None:
         info, index = write_rows(self.index_dir, self.manifest, next_shard_number(self.manifest),
-                                 self.manifest.next_row, meta_table(items), vectors, self.store_vectors)
+                                 self.manifest.next_row, meta_table(items, tokens), vectors, self.store_vectors,
+                                 tokens=tokens or None)
         self._retune(index, vectors)
         self.commit([info], [p.item.id for p in items])
 

@@ -31,6 +31,9 @@ from mmsearch.types import Query
 from .filtered import FilterPolicy, search_shard
 from .filters import Filter, parse_filter
 from .hits import Hit
+from .hybrid import RRF_K, SearchMode
+from .lexical import LexicalShards
+from .late import MaxSim, match_map
 from .fanout import Fanout
 from .merge import merge_results, pad_result
 from .params import SearchParams
@@ -66,6 +69,7 @@ class Index:
         self._encoder_lock = threading.Lock()   # held while a model loads
         self._encoder = None if encoder is None else self._checked_encoder(encoder)
         self._fanout = Fanout()  # shards in parallel threads when that pays
+        self._lexical = LexicalShards(self.path)  # tantivy searchers, opened on the first lexical search
         self._rerankers: Dict[str, Any] = {}
         self._bank: Optional[np.ndarray] = None
         self._bank_info: Optional[dict] = None
@@ -135,7 +139,7 @@ class Index:
     def _load_manifest_model(self):
         model = self.manifest.model
         try:
-            return self._load(model.id, revision=model.revision, **model.encoder_options())
+            return self._load(model.id, revision=model.revision, **self.manifest.encoder_options())
         except ModelLoadError as e:
             raise ModelLoadError(f"index {self.path} was built with model {model.id!r}, which cannot be "
                                  f"loaded here ({e}); pass open_index(path, encoder=...) with the same "
@@ -154,7 +158,8 @@ class Index:
 
     def _checked_encoder(self, encoder):
         if isinstance(encoder, (str, os.PathLike)):  # the same weights elsewhere: embed as the index did
-            encoder = self._load(encoder, **self.manifest.model.encoder_options())
+            encoder = self._load(encoder, **self.manifest.encoder_options())
+        encoder = self._fde_view(encoder)
         for name in ("name", "backbone", "dim", "encode"):
             if not hasattr(encoder, name):
                 raise InputError(f"encoder={encoder!r} is not an mmsearch encoder (no .{name}); "
@@ -162,6 +167,16 @@ class Index:
         built = self.manifest.model
         check_model(built, self._model_info(encoder, built))
         return encoder
+
+    def _fde_view(self, encoder):
+        """A multi-vector model searches a multi-vector index through its FDEs, made with the
+        MUVERA arguments the index was built with (`encoders.fde`)."""
+        spec = self.manifest.multi_vector
+        if spec is None or not getattr(encoder, "multi_vector", False):
+            return encoder
+        from mmsearch.encoders import FdeEncoder
+
+        return FdeEncoder(encoder, spec.fde)
 
     @staticmethod
     def _model_info(encoder, built: ModelInfo) -> ModelInfo:
@@ -173,7 +188,9 @@ class Index:
 
     def search(self, query: Any, k: int = 10, task: Optional[str] = None, instruction: Optional[str] = None,
                filter: Optional[Mapping[str, Any]] = None, rerank: Any = None,
-               params: Union[None, SearchParams, Mapping[str, Any]] = None) -> Union[List[Hit], List[List[Hit]]]:
+               params: Union[None, SearchParams, Mapping[str, Any]] = None, mode: str = "vector",
+               fusion: Optional[str] = None, alpha: Optional[float] = None,
+               rrf_k: float = RRF_K) -> Union[List[Hit], List[List[Hit]]]:
         """Search with one query (-> list[Hit]) or a list of queries (-> list[list[Hit]]).
 
         A query is a str (text), an image (PIL, os.PathLike, bytes) or a `Query`.
@@ -182,25 +199,51 @@ class Index:
         `mmsearch.query.filters`. `rerank`: a name ("refine", "hubness", "vlm"), a
         comma-separated or list chain of names, or reranker objects. `params`:
         per-call knobs such as ``{"nprobe": 32, "efSearch": 128, "k_factor": 8}``.
+        `mode`: "vector" (the embeddings), "lexical" (BM25 over the text fields the index
+        was built with; the query's own text) or "hybrid" (both arms over the same allowed
+        rows, fused by `fusion` "rrf" with `rrf_k`, or "score": `alpha` * vector + (1 - alpha)
+        * lexical, min-max normalised; `alpha` alone means "score"). See `query.hybrid`.
         """
         k, view = _check_k(k), self.view()
+        plan = SearchMode(mode, fusion, alpha, rrf_k)
         queries, single = as_queries(query)
         filt, knobs, chain = self._parse(view, filter), self._knobs(view, params), self._chain(rerank)
         if not queries:
             return []
-        encoder = self.encoder
-        queries = with_instruction(queries, task, instruction, getattr(encoder, "task_instruction", None))
-        xq = encoder.encode(queries, show_progress=False)  # Query objects: the query side
+        xq = tokens = None
+        if plan.needs_vectors or chain:  # lexical search alone needs no model
+            encoder = self.encoder
+            queries = with_instruction(queries, task, instruction, getattr(encoder, "task_instruction", None))
+            xq, tokens = self._embed(encoder, queries)
+        # a multi-vector index: FDE candidates, reranked by exact MaxSim before anything else
+        late = MaxSim(knobs.candidates or view.manifest.multi_vector.candidates) if tokens is not None else None
         tombstones = view.store.tombstones()  # with `view`, the snapshot of this search and its rerankers
-        D, I = self._search(view, xq, max([k] + [stage.candidates(k) for stage in chain]), filt, knobs, tombstones)
-        ctx = self._rerank_context(view, tombstones, xq, queries, k)
-        history = [("ann", D, I)]
+        ctx = self._rerank_context(view, tombstones, xq, queries, k, tokens) if chain or late else None
+        if plan.mode == "vector":
+            chain = ([late] if late else []) + chain
+            D, I = self._search(view, xq, max([k] + [stage.candidates(k) for stage in chain]), filt, knobs,
+                                tombstones)
+            history = [("ann", D, I)]
+        else:
+            def vector_arm(width: int):  # over the rows the lexical arm sees; MaxSim-ordered when multi-vector
+                D, I = self._search(view, xq, late.candidates(width) if late else width, filt, knobs, tombstones)
+                return late.rerank(ctx, D, I) if late else (D, I)
+
+            (D, I), history = plan.run(view, self._lexical, queries, max([k] + [s.candidates(k) for s in chain]),
+                                       view.masks(filt, tombstones), vector_arm)
         for stage in chain:
             depth = stage.candidates(k)
             D, I = stage.rerank(ctx, D[:, :depth], I[:, :depth])
             history.append((stage.name, D, I))
         hits = self._hits(view, D[:, :k], I[:, :k], history)
         return hits[0] if single else hits
+
+    @staticmethod
+    def _embed(encoder, queries: List[Query]):
+        """(query vectors, the token matrices of a multi-vector model's queries or None)."""
+        if getattr(encoder, "multi_vector", False):
+            return encoder.encode_requests_with_tokens(encoder.to_requests(queries))
+        return encoder.encode(queries, show_progress=False), None  # Query objects: the query side
 
     def search_vectors(self, xq: np.ndarray, k: int, filter: Optional[Mapping[str, Any]] = None,
                        params: Union[None, SearchParams, Mapping[str, Any]] = None) -> Tuple[np.ndarray, np.ndarray]:
@@ -237,7 +280,7 @@ class Index:
         return pad_result(D, I, k, keep_max) if width < k else (D, I)
 
     def _rerank_context(self, view: IndexView, tombstones: Tombstones, xq: np.ndarray, queries: List[Query],
-                        k: int) -> RerankContext:
+                        k: int, query_tokens: Optional[List[np.ndarray]] = None) -> RerankContext:
         """What rerankers may look at: this snapshot (the view and the deletions the search
         saw) and what belongs to it; a search over it, not over whatever is current later."""
         def search(x: np.ndarray, depth: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -247,7 +290,7 @@ class Index:
             return QueryBank(self.query_bank(), self.query_bank_info())
 
         return RerankContext(view, xq, queries, k, search=search, query_bank=query_bank, encoder=self.encoder,
-                             tombstones=tombstones[0])
+                             tombstones=tombstones[0], query_tokens=query_tokens)
 
     def _chain(self, rerank: Any) -> list:
         return parse_rerank(rerank, self._named_reranker)
@@ -257,6 +300,17 @@ class Index:
             if name not in self._rerankers:
                 self._rerankers[name] = make_reranker(name)
             return self._rerankers[name]
+
+    def match_map(self, query: Any, item_id: str) -> Dict[str, Any]:
+        """Multi-vector indexes: where on item `item_id`'s page `query` matched, as a heat map
+        over the page's patch grid from the MaxSim argmax (`mmsearch.query.late.match_map`)."""
+        view = self.view()
+        if view.manifest.multi_vector is None:
+            raise InputError(f"index {self.path} is not a multi-vector index: match maps need token vectors")
+        (queries, _), rows = as_queries(query), view.live_rows_of([item_id])
+        if rows[0] < 0:
+            raise InputError(f"no item {item_id!r} in index {self.path}")
+        return match_map(view, self.encoder, queries[0], int(rows[0]), view.records(rows)[0])
 
     # --- rows: metadata, vectors, images ---------------------------------------------------
 

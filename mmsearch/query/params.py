@@ -18,7 +18,8 @@ from mmsearch.errors import InputError
 
 # Accepted spellings of each knob (faiss names first).
 _ALIASES = {"nprobe": "nprobe", "efSearch": "efSearch", "ef_search": "efSearch", "efsearch": "efSearch",
-            "k_factor": "k_factor", "kfactor": "k_factor"}
+            "k_factor": "k_factor", "kfactor": "k_factor", "oversample": "oversample", "rescore": "rescore",
+            "candidates": "candidates"}
 
 
 @dataclass(frozen=True)
@@ -32,15 +33,25 @@ class SearchParams:
     nprobe: Optional[int] = None
     efSearch: Optional[int] = None
     k_factor: Optional[float] = None
+    # compact indexes (`mmsearch.query.rescore`): first-stage candidates per hit, and whether to rescore them
+    oversample: Optional[float] = None
+    rescore: Optional[bool] = None
+    # a multi-vector index reranks this many FDE candidates by exact MaxSim (`mmsearch.query.late`)
+    candidates: Optional[int] = None
 
     def __post_init__(self) -> None:
-        for name in ("nprobe", "efSearch"):
+        for name in ("nprobe", "efSearch", "candidates"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise InputError(f"search parameter {name}={value!r}: expected an int >= 1")
         k = self.k_factor
         if k is not None and (isinstance(k, bool) or not isinstance(k, (int, float)) or k < 1):
             raise InputError(f"search parameter k_factor={k!r}: expected a number >= 1")
+        o = self.oversample
+        if o is not None and (isinstance(o, bool) or not isinstance(o, (int, float)) or o < 1):
+            raise InputError(f"search parameter oversample={o!r}: expected a number >= 1")
+        if self.rescore is not None and not isinstance(self.rescore, bool):
+            raise InputError(f"search parameter rescore={self.rescore!r}: expected true or false")
 
     @classmethod
     def coerce(cls, value: Union[None, "SearchParams", Mapping[str, Any]],
@@ -56,8 +67,11 @@ class SearchParams:
         unknown = sorted(k for k in value if k not in _ALIASES)
         if unknown and strict:
             raise InputError(f"unknown search parameters {unknown}; valid: nprobe, efSearch (ef_search), "
-                             f"k_factor")
-        return cls(**{_ALIASES[k]: v for k, v in value.items() if k in _ALIASES and v is not None})
+                             f"k_factor, oversample, rescore, candidates")
+        known = {_ALIASES[k]: v for k, v in value.items() if k in _ALIASES and v is not None}
+        if known.get("rescore") in (0, 1):  # JSON clients (the server's numeric params) send 0 / 1
+            known["rescore"] = bool(known["rescore"])
+        return cls(**known)
 
     def over(self, defaults: "SearchParams") -> "SearchParams":
         """These knobs, falling back to `defaults` where unset."""
@@ -76,7 +90,7 @@ def build_faiss_params(index: faiss.Index, knobs: SearchParams, sel: Optional[fa
     selector set on them. `exhaustive` makes IVF levels visit every list. Returns
     (None, []) when nothing differs from the index's own settings.
     """
-    if sel is None and not exhaustive and knobs == SearchParams():
+    if sel is None and not exhaustive and dataclasses.replace(knobs, candidates=None) == SearchParams():
         return None, []
     keep: List[Any] = [sel]
     return _params(index, knobs, sel, exhaustive, keep), keep

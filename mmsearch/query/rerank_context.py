@@ -37,6 +37,8 @@ class Snapshot(Protocol):
 
     def candidate_image(self, record: Mapping[str, Any]) -> Any: ...
 
+    def maxsim(self, query_tokens: np.ndarray, rows: Sequence[int]) -> np.ndarray: ...
+
 
 class QueryBank(NamedTuple):
     """The index's query bank: float32 (n, dim) embeddings, and how they were made (or None)."""
@@ -62,6 +64,7 @@ class RerankContext:
     query_bank: Callable[[], QueryBank]  # the index's query bank (read on first use)
     encoder: Any = None                  # the index's query encoder: the vlm judge unless one is given
     tombstones: int = 0                  # version of the deletions the search saw (with `view`: the snapshot)
+    query_tokens: Optional[Sequence[np.ndarray]] = None  # a multi-vector index's query token matrices
 
     def hubs(self, bank: np.ndarray, k: int) -> np.ndarray:
         """The activation set: sorted rows among the top-`k` results of some bank query in

@@ -18,11 +18,15 @@ import numpy as np
 import pyarrow as pa
 
 from mmsearch.errors import IndexFormatError
-from mmsearch.index_format import VECTORS_FILE, ShardInfo, load_shard_vectors, open_shard_index, open_shard_meta
+from mmsearch.index_format import (VECTORS_FILE, CompactSpec, ShardInfo, downcast, first_stage_queries,
+                                   first_stage_scores, is_binary, load_shard_tokens, load_shard_vectors, open_shard_index,
+                                   open_shard_meta, rescore)
+from mmsearch.multivector import TokenStore
 
 from .merge import merge_results
 from .modality import read_pages
 from .params import SearchParams, build_faiss_params
+from .rescore import binary_params
 
 _SCAN_BLOCK = 1 << 15  # rows per block of an exhaustive scan (bounds memory on big shards)
 # A bitmap selector when its bits are few per selected id, else a hash-set selector.
@@ -34,20 +38,24 @@ Result = Tuple[np.ndarray, np.ndarray]
 class Shard:
     """Read-only and thread-safe. Local row r is global row ``id_start + r``."""
 
-    def __init__(self, index_dir: Path, info: ShardInfo, dim: int, metric: str):
+    def __init__(self, index_dir: Path, info: ShardInfo, dim: int, metric: str,
+                 compact: Optional[CompactSpec] = None):
         self.info, self.name = info, info.name
         self.id_start, self.rows = info.id_start, info.rows
         self.metric = metric
         self._index_dir = index_dir
         self._index = open_shard_index(index_dir, info)  # owns the inner index: keep it
-        if self._index.d != dim:
-            raise IndexFormatError(f"shard {info.name}: faiss dimension {self._index.d}, "
-                                   f"the manifest's model has dim {dim}")
+        self.compact = compact  # first stage on truncated / quantised codes, then rescoring (.rescore)
+        stored = dim if compact is None else compact.dim
+        if self._index.d != stored:
+            raise IndexFormatError(f"shard {info.name}: faiss dimension {self._index.d}, the manifest "
+                                   f"{'stores' if compact else 'model has'} dim {stored}")
         self._inner, self._offset, self._perm, self._inv = _unwrap(self._index, info)
         self.meta: pa.Table = read_pages(open_shard_meta(index_dir, info))  # legacy pages read as "page"
-        self.has_ivf = _find(self._inner, faiss.IndexIVF) is not None
-        self._exact_storage = _exact_storage(self._inner)
+        self.has_ivf = not is_binary(self._inner) and _find(self._inner, faiss.IndexIVF) is not None
+        self._exact_storage = compact is None and _exact_storage(self._inner)
         self._vectors: Optional[np.ndarray] = None
+        self._tokens: Optional[TokenStore] = None
         self._lock = threading.Lock()
         self._plain_params: Dict[SearchParams, tuple] = {}
 
@@ -83,6 +91,8 @@ class Shard:
         (a faiss IDSelector pre-filter). faiss errors (e.g. an index type without
         selector support) propagate as RuntimeError."""
         k = max(1, min(int(k), self.rows))
+        if self.compact is not None:
+            return self._two_stage(xq, k, knobs, local_rows)
         if local_rows is None and not exhaustive:
             params = self._cached_params(knobs)
             D, labels = self._inner.search(xq, k, params=params)
@@ -92,6 +102,26 @@ class Shard:
         D, labels = self._inner.search(xq, k, params=params)
         del keep, keep2  # the selector and its bitmap lived through the search
         return D, self._to_global(labels)
+
+    def _two_stage(self, xq: np.ndarray, k: int, knobs: SearchParams, local_rows: Optional[np.ndarray]) -> Result:
+        """Compact codes first (`oversample * k` candidates), then exact rescoring of those
+        against the stored full vectors (unless rescoring is off for the index or the call)."""
+        spec = self.compact
+        rescoring = spec.rescore if knobs.rescore is None else knobs.rescore
+        depth = spec.depth(k, self.rows, knobs.oversample, rescoring)
+        xc = first_stage_queries(spec, xq)
+        sel, keep = self._selector(local_rows) if local_rows is not None else (None, [])
+        if is_binary(self._inner):
+            params = binary_params(self._inner, knobs.efSearch, sel)
+        else:
+            params, keep2 = build_faiss_params(self._inner, knobs, sel)
+            keep.append(keep2)
+        D, labels = self._inner.search(xc, depth, params=params)
+        del keep
+        I = self._to_global(labels)
+        if not rescoring:
+            return first_stage_scores(spec, D), I
+        return rescore(xq, I, lambda rows: self.vectors(rows - self.id_start), k, self.keep_max)
 
     def _cached_params(self, knobs: SearchParams):
         entry = self._plain_params.get(knobs)
@@ -144,6 +174,16 @@ class Shard:
                                f"faiss index cannot reconstruct {'uncompressed ' if exact else ''}vectors "
                                f"(rebuild the index with stored vectors)")
 
+    def tokens(self) -> TokenStore:
+        """A multi-vector shard's token vectors (memory-mapped on first use) for MaxSim."""
+        if self._tokens is None:
+            if not self.info.has_tokens:
+                raise IndexFormatError(f"shard {self.name} holds no token vectors (not a multi-vector index)")
+            with self._lock:
+                if self._tokens is None:
+                    self._tokens = load_shard_tokens(self._index_dir, self.info).store()
+        return self._tokens
+
     def _from_file(self, local_rows: np.ndarray, _exact: bool) -> Optional[np.ndarray]:
         if not self.info.has_vectors:
             return None
@@ -157,8 +197,8 @@ class Shard:
         return out
 
     def _from_index(self, local_rows: np.ndarray, exact: bool) -> Optional[np.ndarray]:
-        if self.has_ivf or (exact and not self._exact_storage):
-            return None
+        if self.has_ivf or self.compact is not None or (exact and not self._exact_storage):
+            return None  # compact codes are not the vectors a query is compared with
         try:
             out = self._inner.reconstruct_batch(np.ascontiguousarray(self._labels(local_rows)))
         except RuntimeError:
@@ -168,10 +208,10 @@ class Shard:
 
 def _unwrap(index: faiss.Index, info: ShardInfo):
     """(inner index, label offset, label->global perm or None, local->label perm or None)."""
-    index = faiss.downcast_index(index)
+    index = downcast(index)
     if not hasattr(index, "id_map"):  # IVF stores global ids; a bare Flat/HNSW starts at 0
         return index, 0, None, None
-    inner = faiss.downcast_index(index.index)
+    inner = downcast(index.index)
     id_map = faiss.vector_to_array(index.id_map).astype(np.int64, copy=False)
     local = id_map - info.id_start
     if np.array_equal(local, np.arange(info.rows, dtype=np.int64)):

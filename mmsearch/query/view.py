@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 from mmsearch.errors import ImageError, InputError
 from mmsearch.images import load_image
 from mmsearch.index_format import Manifest, ShardInfo, manifest_path, read_manifest, store_path
+from mmsearch.multivector import maxsim_scores
 
 from .filtered import RowMask
 from .filters import Filter
@@ -54,7 +55,8 @@ class IndexView:
         self.stamp = manifest_stamp(self._manifest_path)  # taken first: a change while reading shows next time
         self.manifest: Manifest = read_manifest(path)
         reuse = {_key(s.info): s for s in previous.shards} if previous is not None else {}
-        self.shards = [reuse.get(_key(info)) or Shard(path, info, self.manifest.model.dim, self.manifest.metric)
+        self.shards = [reuse.get(_key(info)) or Shard(path, info, self.manifest.model.dim, self.manifest.metric,
+                                                      self.manifest.compact)
                        for info in self.manifest.shards]
         self.starts = np.array([s.id_start for s in self.shards], dtype=np.int64)
         self.ends = np.array([s.info.id_end for s in self.shards], dtype=np.int64)
@@ -128,6 +130,22 @@ class IndexView:
         for shard, where, local in self.by_shard(rows):
             out[where] = shard.vectors(local, exact=exact)
         return out
+
+    def maxsim(self, query_tokens: np.ndarray, rows: Sequence[int]) -> np.ndarray:
+        """Exact MaxSim of one query's token vectors (m, token_dim) with each global row's stored
+        tokens (a multi-vector index) -> float32 (len(rows),)."""
+        out = np.empty(len(rows), dtype=np.float32)
+        for shard, where, local in self.by_shard(rows):
+            out[where] = maxsim_scores(query_tokens, shard.tokens(), local)
+        return out
+
+    def token_matrix(self, row: int) -> np.ndarray:
+        """A multi-vector index's stored token vectors of one global row, float32 (n, token_dim)."""
+        (shard, _, local), = self.by_shard([row])
+        store = shard.tokens()
+        lo, hi = store.offsets[local[0]], store.offsets[local[0] + 1]
+        values = np.asarray(store.tokens[lo:hi], dtype=np.float32)
+        return values if store.scales is None else values * store.scales[lo:hi, None]
 
     def live_rows_of(self, ids: List[str]) -> np.ndarray:
         """Global rows of item ids; -1 for ids unknown or deleted."""

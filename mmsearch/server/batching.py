@@ -33,18 +33,19 @@ class SearchArgs:
     filter: Any = field(compare=False)
     rerank: Any = field(compare=False)
     params: Any = field(compare=False)
+    mode: Any = field(compare=False, default=None)  # mode, fusion, alpha, rrf_k (SearchRequest.mode_options)
 
     @classmethod
     def of(cls, req: SearchRequest) -> "SearchArgs":
         rerank = req.rerank.split(",") if isinstance(req.rerank, str) else (req.rerank or [])
         rerank = [r.strip().lower() for r in rerank if r.strip()] or None
-        parts = (req.k, req.task, req.instruction, req.filter, rerank, req.params)
+        parts = (req.k, req.task, req.instruction, req.filter, rerank, req.params, req.mode_options())
         return cls(json.dumps(parts, sort_keys=True, default=str), req.k, req.task, req.instruction,
-                   req.filter, rerank, req.params)
+                   req.filter, rerank, req.params, req.mode_options())
 
     def kwargs(self) -> dict:
         return {"k": self.k, "task": self.task, "instruction": self.instruction, "filter": self.filter,
-                "rerank": self.rerank, "params": self.params}
+                "rerank": self.rerank, "params": self.params, **(self.mode or {})}
 
 
 Job = Tuple[Query, Future]

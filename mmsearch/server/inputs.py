@@ -98,8 +98,8 @@ def check_limits(req: SearchRequest, limits: Limits) -> None:
     params = req.params or {}
     if max(params.get(n, 0) for n in ("efSearch", "ef_search", "efsearch")) > limits.max_ef_search:
         problems.append(f"params.efSearch exceeds the limit of {limits.max_ef_search}")
-    if max(params.get(n, 0) for n in ("k_factor", "kfactor")) > limits.max_k_factor:
-        problems.append(f"params.k_factor exceeds the limit of {limits.max_k_factor:g}")
+    if max(params.get(n, 0) for n in ("k_factor", "kfactor", "oversample")) > limits.max_k_factor:
+        problems.append(f"params.k_factor / oversample exceeds the limit of {limits.max_k_factor:g}")
     if problems:
         raise ApiError(422, "validation_error", "; ".join(problems))
 

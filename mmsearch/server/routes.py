@@ -72,6 +72,11 @@ def api_router(service: SearchService, require_key) -> APIRouter:
         data, kind = service.thumbnail(item_id)
         return Response(data, media_type=kind, headers={"cache-control": "private, max-age=300"})
 
+    @guarded.get("/items/{item_id:path}/matches", tags=["items"], responses=ERROR_RESPONSES,
+                 summary="multi-vector indexes: where on the item's page a text query matched (MaxSim heat map)")
+    def matches(item_id: str, text: str) -> FastJSONResponse:
+        return FastJSONResponse(service.match_map(item_id, text))
+
     @guarded.get("/items/{item_id:path}", tags=["items"], response_model=ItemOut,
                  responses={404: ERROR_RESPONSES[404]}, summary="one item's metadata")
     def item(item_id: str, request: Request) -> FastJSONResponse:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 import decimal
 import math
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -29,6 +29,18 @@ class SearchRequest(BaseModel):
                                                                       'a comma-separated chain or a list')
     params: Optional[Dict[str, Union[int, float]]] = Field(None, description="search knobs: nprobe, efSearch, "
                                                                              "k_factor")
+    mode: Literal["vector", "lexical", "hybrid"] = Field("vector", description="vector (embeddings), lexical (BM25 "
+                                                         "over the text fields) or hybrid (both, fused); see "
+                                                         "GET /info index.lexical")
+    fusion: Optional[Literal["rrf", "score"]] = Field(None, description="hybrid: rrf (default) or score "
+                                                                        "(the default when alpha is given)")
+    alpha: Optional[float] = Field(None, ge=0, le=1, description="hybrid score fusion: the vector arm's weight")
+    rrf_k: Optional[float] = Field(None, ge=0, description="hybrid rrf: the k of 1/(k + rank), default 60")
+
+    def mode_options(self) -> Dict[str, Any]:
+        """The Index.search keywords of the ranking mode (only those given)."""
+        opts = {"mode": self.mode, "fusion": self.fusion, "alpha": self.alpha, "rrf_k": self.rrf_k}
+        return {k: v for k, v in opts.items() if v is not None}
 
 
 class HitOut(BaseModel):

@@ -23,6 +23,7 @@ from anyio import CapacityLimiter, to_thread
 
 from mmsearch._version import __version__
 from mmsearch.images import make_thumbnail
+from mmsearch.index_format import lexical_fields
 from mmsearch.query import Index, modality_counts
 from mmsearch.tasks import list_tasks
 from mmsearch.types import ITEM_MODALITIES, PARTS, Query, modalities_with
@@ -115,7 +116,7 @@ class SearchService:
         watch.lap("hits")
         return {"hits": out, "k": req.k, "took_ms": round(watch.total_ms(), 3),
                 "query": {"text": req.text, "image": image is not None, "like": req.like, "task": req.task,
-                          "instruction": req.instruction}}
+                          "instruction": req.instruction, **req.mode_options()}}
 
     def _decoders(self) -> CapacityLimiter:
         """Bounds the query images decoded at once (each may take max_image_pixels * 3 bytes)."""
@@ -209,6 +210,15 @@ class SearchService:
             kind = "image/webp" if data[:4] == b"RIFF" and data[8:12] == b"WEBP" else "application/octet-stream"
         return data, kind
 
+    def match_map(self, item_id: str, text: str) -> Dict[str, Any]:
+        """Where on the item's page a text query matched (multi-vector indexes; `Index.match_map`)."""
+        record = self.record(item_id)
+        if self.index.view().manifest.multi_vector is None:
+            raise ApiError(404, "not_found", "match maps need a multi-vector index (token vectors)")
+        if not 0 < len(text) <= self.limits.max_text_chars:
+            raise ApiError(422, "validation_error", f"text: 1 to {self.limits.max_text_chars} characters")
+        return {"id": record["id"], **self.index.match_map(Query(text=text), record["id"])}
+
     # --- facts ---------------------------------------------------------------------------
 
     def info(self) -> Dict[str, Any]:
@@ -222,7 +232,8 @@ class SearchService:
                       "shards": len(m.shards), "faiss": m.faiss.factory, "metric": m.metric,
                       "search_params": dict(m.faiss.search_params), "columns": list(view.columns),
                       "candidate_instructions": dict(m.instructions), "updated": m.updated,
-                      "modalities": self.modality_counts(view)},
+                      "modalities": self.modality_counts(view), "lexical": list(lexical_fields(m.extra)),
+                      "multi_vector": m.multi_vector.to_dict() if m.multi_vector else None},
             "modalities": {"vocabulary": list(ITEM_MODALITIES),
                            "has": {part: list(modalities_with(part)) for part in PARTS}},
             # a local checkpoint's id is its folder: shown by name, like every path

@@ -4,6 +4,10 @@ Query i's positive is candidate i; every other candidate (the other queries'
 positives, then the hard negatives appended after them) is a negative, except
 candidates equal to query i's positive (a duplicate in the batch is not a
 negative), which `false_negative_mask` removes.
+
+`matryoshka_info_nce` is the Matryoshka (MRL, Kusupati et al. 2022) form: the same loss on
+each nested prefix of the embeddings (re-normalised), summed with equal weights, so that
+a prefix alone is a usable embedding (what `--dim` truncation at index time relies on).
 """
 from __future__ import annotations
 
@@ -55,3 +59,19 @@ def info_nce(q: torch.Tensor, c: torch.Tensor, scale: torch.Tensor,
         logits = logits.masked_fill(mask.to(logits.device), float("-inf"))
     labels = torch.arange(q.shape[0], device=q.device)
     return F.cross_entropy(logits, labels)
+
+
+def matryoshka_dims(sizes: Sequence[int], full: int) -> list:
+    """The nested prefix sizes a Matryoshka loss sums over: `sizes` below `full`, and `full`."""
+    return sorted({int(d) for d in sizes if 0 < int(d) < full} | {full})
+
+
+def matryoshka_info_nce(q: torch.Tensor, c: torch.Tensor, scale: torch.Tensor, sizes: Sequence[int],
+                        mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """InfoNCE summed over the prefixes ``q[:, :d]``, ``c[:, :d]`` (L2 re-normalised) for each d of
+    `sizes` and the full size; plain `info_nce` when `sizes` is empty."""
+    if not sizes:
+        return info_nce(q, c, scale, mask)
+    full = q.shape[1]
+    return sum(info_nce(F.normalize(q[:, :d], dim=-1), F.normalize(c[:, :d], dim=-1), scale, mask)
+               for d in matryoshka_dims(sizes, full))

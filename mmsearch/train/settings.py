@@ -128,6 +128,7 @@ class TrainSettings:
     max_grad_norm: Optional[float] = 1.0
     temperature: float = 0.02
     learn_temperature: bool = False
+    matryoshka: Tuple[int, ...] = ()      # Matryoshka sizes: the loss summed over these prefixes (MRL); () plain
     data_negatives: bool = True           # use neg_text / neg_image_path when present
     per_dataset_batches: bool = False     # each batch from one dataset (the `dataset` column, else the table)
     mining: Optional[MiningSettings] = None
@@ -160,6 +161,9 @@ class TrainSettings:
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("precision", self.precision, PRECISIONS)
         _choice("objective", self.objective, OBJECTIVES)
+        object.__setattr__(self, "matryoshka", tuple(self.matryoshka))
+        for d in self.matryoshka:
+            _positive_int("matryoshka size", d)
         if self.freeze is not None:
             try:
                 re.compile(self.freeze)

@@ -34,7 +34,7 @@ from .data import read_train_data
 from .distill import Distiller
 from .generate import generation_backward, generation_data
 from .gradcache import contrastive_backward
-from .loss import Temperature, false_negative_mask, info_nce
+from .loss import Temperature, false_negative_mask, matryoshka_info_nce
 from .mining import Miner
 from .model import autocast_for, build_model, parameter_groups, starting_checkpoint
 from .schedule import lr_lambda
@@ -170,7 +170,7 @@ class Trainer:
         targets = self.distiller.targets(batch) if self.distiller is not None else None
 
         def loss_fn(q, c):
-            loss = info_nce(q, c, self.temperature.scale(), mask)
+            loss = matryoshka_info_nce(q, c, self.temperature.scale(), s.matryoshka, mask)
             return loss if targets is None else loss + self.distiller.loss(q, c, targets)
 
         return float(contrastive_backward(self.encoder, batch.queries, batch.candidates, loss_fn, s.chunk_size,

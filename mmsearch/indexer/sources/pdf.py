@@ -2,8 +2,9 @@
 
 Each page item carries the `page` (1-based) and `pages` metadata that mark it as a
 document page (`mmsearch.types.is_page`): the index stores it with modality "page",
-embeds the rendered image with the page instruction, and keeps the page's text
-for display only.
+embeds the rendered image with the page instruction, and keeps the page's text layer
+(pypdfium2's extraction) as its text for display and as `page_text` metadata, which the
+lexical index searches.
 
 Pages are rendered lazily, one at a time, as the source is iterated. PDFium is not
 thread-safe: iterate PDF sources from one thread at a time.
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Optional, Union
 
 from mmsearch.errors import InputError
+from mmsearch.index_format import PAGE_TEXT
 from mmsearch.types import PAGE_KEYS, Item
 
 from .base import Record, display, reject
@@ -95,6 +97,8 @@ class PdfSource:
         finally:
             page.close()
         metadata = {PAGE_KEYS[0]: number, PAGE_KEYS[1]: total, "source": self.name}
+        if text:  # the text layer, for lexical search (index_format.lexical indexes page_text)
+            metadata[PAGE_TEXT] = text
         return Record(Item(id=item_id, text=text, image=image, metadata=metadata), where)
 
     def _render(self, page):

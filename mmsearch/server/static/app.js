@@ -51,6 +51,8 @@ async function loadInfo() {
     $("index-info").textContent =
       `${ix.name} · ${ix.live.toLocaleString()} items · ${ix.faiss} · model ${info.model.id.split("/").pop()}`;
     fillModalities(ix.modalities || {}, info.modalities || {});
+    $("mode-label").hidden = !(ix.lexical && ix.lexical.length);  // an index with a lexical index offers the toggle
+    state.multiVector = Boolean(ix.multi_vector);  // token vectors: hits show where the query matched
   } catch (e) {
     $("index-info").textContent = state.keyNeeded ? "enter the API key to search" : "index info unavailable";
   }
@@ -193,6 +195,7 @@ async function search() {
   if (state.image) body.image = state.image;
   if (state.like) body.like = state.like;
   if ($("task").value) body.task = $("task").value;
+  if (!$("mode-label").hidden && $("mode").value !== "vector") body.mode = $("mode").value;
   const filter = modalityFilter();
   if (filter) body.filter = filter;
   $("go").disabled = true;
@@ -202,6 +205,7 @@ async function search() {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
     });
     const result = await response.json();
+    state.matchText = state.multiVector && !state.image && !state.like ? text : "";
     render(result.hits);
     setStatus(`${result.hits.length} results in ${Math.round(result.took_ms)} ms`);
   } catch (e) {
@@ -231,6 +235,33 @@ function render(hits) {
   for (const hit of hits) grid.appendChild(card(hit));
 }
 
+// Multi-vector indexes: a heat map over the page of where the query's tokens found their best
+// match (the MaxSim argmax, from /items/{id}/matches), drawn over the thumbnail.
+async function showMatches(thumb, img, id, text) {
+  let map;
+  try {
+    map = await (await api("items/" + encodeURIComponent(id) + "/matches?text=" + encodeURIComponent(text))).json();
+  } catch (e) { return; }  // no page image, or not answerable: the plain thumbnail stays
+  if (!img.complete) await new Promise((done) => img.addEventListener("load", done, { once: true }));
+  if (!img.naturalWidth) return;
+  const [rows, cols] = map.grid;
+  const peak = Math.max(...map.heat, 1e-9);
+  const canvas = document.createElement("canvas");
+  canvas.className = "heat";
+  canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
+  canvas.title = "where the query matched (MaxSim argmax)";
+  const ctx = canvas.getContext("2d");
+  ctx.drawImage(img, 0, 0);
+  const w = canvas.width / cols, h = canvas.height / rows;
+  map.heat.forEach((value, i) => {
+    if (value <= 0) return;
+    ctx.fillStyle = `rgba(255, 40, 0, ${(0.65 * value / peak).toFixed(3)})`;
+    ctx.fillRect((i % cols) * w, Math.floor(i / cols) * h, w, h);
+  });
+  img.hidden = true;
+  thumb.appendChild(canvas);
+}
+
 function card(hit) {
   const node = $("card").content.firstElementChild.cloneNode(true);
   const meta = hit.metadata || {};
@@ -240,6 +271,7 @@ function card(hit) {
   textThumb.textContent = meta.text || hit.id;
   textThumb.hidden = hasImage;
   if (hasImage) showThumb(img, "items/" + encodeURIComponent(hit.id) + "/thumbnail", textThumb); else img.hidden = true;
+  if (hasImage && state.matchText) showMatches(node.querySelector(".thumb"), img, hit.id, state.matchText);
   node.querySelector(".rank").textContent = "#" + hit.rank;
   node.querySelector(".score").textContent = hit.score.toFixed(4);
   node.querySelector(".badge").textContent = meta.modality || "";
