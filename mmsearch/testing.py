@@ -14,6 +14,14 @@ tests exercise the real loading and encoding path. Same seed, same bytes of weig
 - ``colqwen2`` / ``colqwen2_5``: transformers' ``ColQwen2ForRetrieval`` around the test-size
   Qwen2-VL / Qwen2.5-VL (``embedding_dim`` ``COLQWEN2_DIM``), with the Qwen tokenizer and image
   processor files (images up to ColQwen2's 768 merged tokens, so the family's own resize decides).
+- ``colpali``: transformers' ``ColPaliForRetrieval`` around a test-size PaliGemma (Gemma text
+  model, a 56 px SigLIP tower: 16 image tokens), ``embedding_dim`` ``COLQWEN2_DIM``; a Gemma-style
+  tokenizer (``<pad>`` 0, ``<eos>``, ``<bos>``, ``<unk>``, ``<image>``) saved through transformers'
+  ``ColPaliProcessor``, which adds PaliGemma's location/segmentation tokens and turns off the
+  tokenizer's own BOS, as the published ``-hf`` repositories have it.
+- ``build_tiny_jina_v4(base_dir, out_dir)``: a tiny Qwen2.5-VL laid out as the
+  ``jinaai/jina-embeddings-v4`` repository is (custom-class config, ``multi_vector_projector``
+  with a bias, ``adapters/`` with a LoRA pair per task, projector included).
 - ``llava_next`` / ``clip`` / ``siglip``: the stock processor's ``save_pretrained``
   (transformers 5 writes ``processor_config.json`` with the image processor nested in it
   plus the processor-level settings: for LLaVA-NeXT ``patch_size``,
@@ -57,9 +65,10 @@ from mmsearch.train.settings import DEFAULT_LORA_TARGETS
 
 KINDS = QWEN_KINDS + ("llava_next", "clip", "siglip")  # single-vector kinds
 COLQWEN_KINDS = {"colqwen2": "qwen2_vl", "colqwen2_5": "qwen2_5_vl"}  # multi-vector kinds -> the VLM inside
-ALL_KINDS = KINDS + tuple(COLQWEN_KINDS)
+ALL_KINDS = KINDS + tuple(COLQWEN_KINDS) + ("colpali",)
 
 LLAVA_SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>", "<image>")
+GEMMA_SPECIAL_TOKENS = ("<pad>", "<eos>", "<bos>", "<unk>", "<image>")  # Gemma's first ids, then PaliGemma's image
 CLIP_SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
 SIGLIP_SPECIAL_TOKENS = ("<unk>", "</s>")
 
@@ -74,6 +83,12 @@ DUAL_IMAGE_SIZE = 28
 # ColQwen2: token vectors of 32 dimensions (128 on real checkpoints); images up to 768 merged tokens
 COLQWEN2_DIM = 32
 COLQWEN2_MAX_PIXELS = 768 * 28 * 28
+# ColPali: SigLIP at 56 px, patch 14 -> 16 image tokens (448 px, 1024 tokens on the real ones)
+COLPALI_IMAGE_SIZE = 56
+# jina-v4: the task adapters' rank and alpha (scaling 2, so a wrong scaling shows), the head's size
+JINA_TASKS = ("retrieval", "text-matching", "code")
+JINA_LORA_R, JINA_LORA_ALPHA = 4, 8.0
+JINA_PROJECTOR_DIM = 128
 
 _CORPUS = (
     "a red bus parked on a city street",
@@ -144,6 +159,9 @@ _TOKENIZER_SPECS = {
     # SigLIP pools the last position (texts are padded to max_length 64).
     "siglip": dict(special_tokens=SIGLIP_SPECIAL_TOKENS, pad_token="</s>", eos_token="</s>", unk_token="<unk>",
                    add_eos_token=True, model_max_length=64),
+    # Gemma: BOS prepended (PaliGemma's processor turns that off when it wraps the tokenizer)
+    "colpali": dict(special_tokens=GEMMA_SPECIAL_TOKENS, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>",
+                    unk_token="<unk>", add_bos_token=True),
 }
 for _kind in ("qwen2_5_vl", "qwen3_vl", *COLQWEN_KINDS):
     _TOKENIZER_SPECS[_kind] = _TOKENIZER_SPECS["qwen2_vl"]
@@ -260,13 +278,38 @@ def _build_colqwen(kind: str, out_dir, tokenizer, size: QwenSize, seed: int) -> 
     return out_dir
 
 
+def _build_colpali(out_dir, tokenizer, size: QwenSize, seed: int) -> pathlib.Path:
+    import transformers as tf
+
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    image_processor = tf.SiglipImageProcessorPil(size={"height": COLPALI_IMAGE_SIZE, "width": COLPALI_IMAGE_SIZE})
+    image_processor.image_seq_length = (COLPALI_IMAGE_SIZE // PATCH) ** 2
+    processor = tf.ColPaliProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    processor.save_pretrained(str(out_dir))
+    tok = processor.tokenizer  # with PaliGemma's added tokens: the vocabulary must cover them
+    vision = tf.SiglipVisionConfig(hidden_size=size.vision_embed, intermediate_size=2 * size.vision_embed,
+                                   num_hidden_layers=size.vision_depth, num_attention_heads=size.vision_heads,
+                                   image_size=COLPALI_IMAGE_SIZE, patch_size=PATCH, projection_dim=size.hidden)
+    text = tf.GemmaConfig(vocab_size=len(tok), hidden_size=size.hidden, intermediate_size=size.ffn,
+                          num_hidden_layers=size.layers, num_attention_heads=size.heads,
+                          num_key_value_heads=size.kv_heads, head_dim=size.hidden // size.heads,
+                          max_position_embeddings=2048, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                          eos_token_id=tok.eos_token_id)
+    vlm = tf.PaliGemmaConfig(vision_config=vision, text_config=text, image_token_id=processor.image_token_id,
+                             projection_dim=size.hidden, hidden_size=size.hidden)
+    scratch.save_random(model_class("colpali"), tf.ColPaliConfig(vlm_config=vlm, embedding_dim=COLQWEN2_DIM),
+                        out_dir, seed)
+    return out_dir
+
+
 def build_tiny_model(kind: str, out_dir, *, seed: int = 0, padding_side: str = "right",
                      size: "QwenSize | None" = None) -> pathlib.Path:
     """Build a tiny random ``kind`` checkpoint (one of ``ALL_KINDS``) in ``out_dir``; return its path.
 
     The directory holds config, safetensors weights, tokenizer (saved with
     ``padding_side``) and image processor config; see the module docstring. ``size``
-    (Qwen and ColQwen kinds only; default ``TEST_SIZE``) builds a larger Qwen, as benchmarks do.
+    (Qwen, ColQwen and ColPali kinds only; default ``TEST_SIZE``) builds a larger model, as benchmarks do.
     """
     check_choice("kind", kind, ALL_KINDS)
     check_choice("padding_side", padding_side, PADDING_SIDES)
@@ -275,10 +318,79 @@ def build_tiny_model(kind: str, out_dir, *, seed: int = 0, padding_side: str = "
         return scratch.build_qwen(kind, out_dir, tokenizer, size=size or TEST_SIZE, seed=seed)
     if kind in COLQWEN_KINDS:
         return _build_colqwen(kind, out_dir, tokenizer, size or TEST_SIZE, seed)
+    if kind == "colpali":
+        return _build_colpali(out_dir, tokenizer, size or TEST_SIZE, seed)
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     scratch.save_random(model_class(kind), _CONFIGS[kind](tokenizer), out_dir, seed)
     _save_processor(kind, tokenizer, out_dir)
+    return out_dir
+
+
+# ----------------------------------------------------------------------------- jina-embeddings-v4
+
+_JINA_LM_TARGETS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                    "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+
+
+def _jina_lora(text: dict, seed: int) -> dict:
+    """task -> {module (legacy name): (A [r, in], B [out, r])}, seeded per task; the projector too."""
+    import torch
+
+    hidden, ffn = text["hidden_size"], text["intermediate_size"]
+    kv_dim = hidden // text["num_attention_heads"] * text["num_key_value_heads"]
+    shapes = {"self_attn.q_proj": (hidden, hidden), "self_attn.k_proj": (kv_dim, hidden),
+              "self_attn.v_proj": (kv_dim, hidden), "self_attn.o_proj": (hidden, hidden),
+              "mlp.gate_proj": (ffn, hidden), "mlp.up_proj": (ffn, hidden), "mlp.down_proj": (hidden, ffn)}
+    shapes = {f"model.layers.{i}.{t}": shapes[t] for i in range(text["num_hidden_layers"]) for t in _JINA_LM_TARGETS}
+    shapes["multi_vector_projector"] = (JINA_PROJECTOR_DIM, hidden)
+    out = {}
+    for t, task in enumerate(JINA_TASKS):
+        g = torch.Generator().manual_seed(seed + 100 + t)
+        out[task] = {m: (torch.randn(JINA_LORA_R, i, generator=g) * 0.05,
+                         torch.randn(o, JINA_LORA_R, generator=g) * 0.05) for m, (o, i) in shapes.items()}
+    return out
+
+
+def build_tiny_jina_v4(base_dir, out_dir, *, seed: int = 0) -> pathlib.Path:
+    """The tiny Qwen2.5-VL in ``base_dir`` (``build_tiny_model("qwen2_5_vl", ...)``, sharpened or
+    not) laid out in ``out_dir`` as ``jinaai/jina-embeddings-v4`` is: config.json naming the
+    authors' classes with ``task_names``/``matryoshka_dims``; the backbone weights (legacy names)
+    plus a top-level ``multi_vector_projector`` (``JINA_PROJECTOR_DIM``, non-zero bias);
+    ``adapters/`` with one peft LoRA holding an A/B pair per task (``lora_A.<task>.weight``, r 4,
+    alpha 8) on every text linear layer and on the projector. No custom code files."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    base_dir, out_dir = pathlib.Path(base_dir), pathlib.Path(out_dir)
+    if _base_kind(base_dir) != "qwen2_5_vl":
+        raise InputError(f"base_dir={str(base_dir)!r} must be a qwen2_5_vl checkpoint (jina-v4's backbone)")
+    shutil.copytree(base_dir, out_dir)
+    config = json.loads((out_dir / "config.json").read_text())
+    config.update({"architectures": ["JinaEmbeddingsV4Model"], "task_names": list(JINA_TASKS),
+                   "auto_map": {"AutoModel": "modeling_jina_embeddings_v4.JinaEmbeddingsV4Model"},
+                   "matryoshka_dims": [128, 256, 512, 1024, 2048], "truncate_dim": None,
+                   "multi_vector_projector_dim": JINA_PROJECTOR_DIM, "single_vector_pool_strategy": "mean"})
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2))
+    weights = load_file(str(out_dir / "model.safetensors"))
+    g = torch.Generator().manual_seed(seed + 7)
+    hidden = config["text_config"]["hidden_size"]
+    weights["multi_vector_projector.weight"] = torch.randn(JINA_PROJECTOR_DIM, hidden, generator=g) * 0.05
+    weights["multi_vector_projector.bias"] = torch.randn(JINA_PROJECTOR_DIM, generator=g) * 0.05
+    save_file(weights, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    adapters = out_dir / "adapters"
+    adapters.mkdir()
+    (adapters / "adapter_config.json").write_text(json.dumps({
+        "peft_type": "LORA", "r": JINA_LORA_R, "lora_alpha": JINA_LORA_ALPHA, "lora_dropout": 0.0,
+        "target_modules": "(.*(model).*(down_proj|gate_proj|up_proj|k_proj|q_proj|v_proj|o_proj).*$"
+                          "|.*(single_vector_projector|multi_vector_projector).*$)",
+        "use_rslora": False, "use_dora": False, "bias": "none"}, indent=2))
+    tensors = {f"base_model.model.{module}.lora_{side}.{task}.weight": t.contiguous()
+               for task, pairs in _jina_lora(config["text_config"], seed).items()
+               for module, ab in pairs.items() for side, t in zip("AB", ab)}
+    save_file(tensors, str(adapters / "adapter_model.safetensors"), metadata={"format": "pt"})
     return out_dir
 
 

@@ -20,10 +20,13 @@ from ..errors import ModelLoadError
 from ..images import DEFAULT_MAX_PIXELS
 from . import jina, text_runtime
 from .base import Encoder
+from .colpali import ColPaliEncoder
+from .colpali import load_processor as load_colpali_processor
 from .dual import DUAL_BACKBONES, DualEncoder
 from .formatting import BACKBONES
 from .loading import (BUILTIN_MODELS, DEFAULT_MODEL, adapter_base, gpu_present, model_type, read_model_card,
                       resolve_device_dtype, resolve_model_path, weights_fingerprint)
+from .jina_multivector import JinaMultiVectorEncoder
 from .multivector import MultiVectorEncoder, vlm_backbone
 from .presets import Preset, preset_for
 from .processors import load_dual_processors, load_vlm_processor
@@ -38,6 +41,7 @@ MODEL_CLASSES = {
     "clip": "CLIPModel",
     "siglip": "SiglipModel",
     "colqwen2": "ColQwen2ForRetrieval",   # ColQwen2 and ColQwen2.5 (vlm_config qwen2_vl / qwen2_5_vl)
+    "colpali": "ColPaliForRetrieval",     # a PaliGemma inside
 }
 SUPPORTED = BACKBONES + DUAL_BACKBONES
 
@@ -74,9 +78,16 @@ def load_encoder(
     model = DEFAULT_MODEL if model is None else model
     ck = describe_checkpoint(model, family, revision, **overrides)
     dev, dt = resolve_device_dtype(device, dtype, gpu_dtype=ck.recipe.gpu_dtype)
+    tokens = ck.recipe.pooling == "tokens"  # a token-matrix (multi-vector) model
     if ck.jina_layout is not None:  # jina-v4's published layout: backbone + the chosen task's LoRA, merged
         net = jina.load_model(ck.jina_layout, ck.adapter, dt)
-        dim = ck.jina_layout.truncate_dim if dim is None else dim  # the config's default truncation, if any
+        if tokens:  # its multi-vector head, beside the backbone, moving with it
+            net.multi_vector_projector = jina.load_projector(ck.jina_layout, ck.adapter, dt)
+        elif dim is None:
+            dim = ck.jina_layout.truncate_dim  # the config's default truncation (single vectors), if any
+    elif tokens and ck.backbone not in TOKEN_BACKBONES:
+        raise ModelLoadError(f"the {ck.recipe.name} family needs jina-embeddings-v4's published layout (its "
+                             f"multi_vector_projector and adapters/); {ck.path} is a plain {ck.backbone} folder")
     else:
         net = _load_model(ck.weights_dir, ck.backbone, ck.preset, dt)
     if ck.base is not None:
@@ -90,9 +101,8 @@ def load_encoder(
         ck.recipe.check_dim(dim, enc.dim)
         return enc
     proc_dir = _processor_dir(ck.path, ck.weights_dir, ck.preset)
-    if ck.recipe.pooling == "tokens":  # a token-matrix model (ColQwen2)
-        processor = load_vlm_processor(proc_dir, vlm_backbone(net.config), ck.preset, stock=False)
-        enc = MultiVectorEncoder(net, processor, preset=ck.preset, processor_dir=proc_dir, tasks=ck.tasks, **common)
+    if tokens:
+        enc = _token_encoder(ck, net, proc_dir, common)
         ck.recipe.check_dim(dim, enc.token_dim)
         return enc
     if ck.jina_layout is not None and proc_dir == ck.path:
@@ -103,6 +113,22 @@ def load_encoder(
     listed = getattr(net.config, "matryoshka_dims", None)  # a checkpoint may name its own sizes
     enc.dim = ck.recipe.check_dim(dim, enc.full_dim, listed) or enc.full_dim
     return enc
+
+
+TOKEN_BACKBONES = ("colqwen2", "colpali")  # checkpoints that are multi-vector models as a whole
+
+
+def _token_encoder(ck: "Checkpoint", net, proc_dir: Path, common: dict) -> MultiVectorEncoder:
+    """The multi-vector encoder of a checkpoint: ColQwen2, ColPali or jina-v4's multi-vector head."""
+    kwargs = dict(preset=ck.preset, processor_dir=proc_dir, tasks=ck.tasks, **common)
+    if ck.backbone == "colpali":
+        return ColPaliEncoder(net, load_colpali_processor(proc_dir), **kwargs)
+    if ck.jina_layout is not None:
+        processor = (jina.load_processor(proc_dir, ck.preset) if proc_dir == ck.path
+                     else load_vlm_processor(proc_dir, ck.backbone, ck.preset))
+        return JinaMultiVectorEncoder(net, processor, **kwargs)
+    processor = load_vlm_processor(proc_dir, vlm_backbone(net.config), ck.preset, stock=False)
+    return MultiVectorEncoder(net, processor, **kwargs)
 
 
 def load_text_encoder(model=None, device: str = "auto", *, family: Optional[str] = None, dim: Optional[int] = None,

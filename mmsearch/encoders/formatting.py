@@ -14,6 +14,7 @@ IMAGE_TOKENS = {
     "llava_next": "<image>",
     "phi3_v": "<|image_1|>",
     "colqwen2": "<|image_pad|>",   # ColQwen2 / ColQwen2.5: a Qwen2(.5)-VL inside (`multivector`)
+    "colpali": "<image>",          # ColPali: a PaliGemma inside (`colpali`)
 }
 BACKBONES = tuple(IMAGE_TOKENS)
 

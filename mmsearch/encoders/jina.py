@@ -36,8 +36,12 @@ which do not name the repository they were taken from):
   (``_validate_encoding_params``), stored in config.json as extra fields.
 - ref: ``JinaEmbeddingsV4Model._init_projection_layer``: ``multi_vector_projector`` is an
   ``nn.Linear(hidden, multi_vector_projector_dim)`` at the top level (keys
-  ``multi_vector_projector.weight``/``.bias``); the single vector never uses it, so loading
-  skips it (the backbone class reports it as an unexpected key) and its LoRA pair.
+  ``multi_vector_projector.weight``/``.bias``); the single vector never uses it, so the backbone
+  load skips it (the backbone class reports it as an unexpected key). The multi-vector family
+  (``jina_v4_multivector``) loads it with `load_projector`, its task LoRA pair merged: the
+  adapter's ``target_modules`` name the projectors and, in the authors' model, every
+  ``nn.Linear`` is a ``MultiAdapterLinear``, so ``get_multi_vector_embeddings`` calls
+  ``multi_vector_projector(hidden_states, task_label=task_label)`` (read from a stored copy).
 
 Not found in any stored source, hence accepted in both forms rather than guessed: whether
 the backbone weights and adapter keys use the transformers-4 names (``model.layers.*``,
@@ -53,7 +57,7 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
@@ -132,6 +136,7 @@ class TaskLora:
     scaling: float
     pairs: Dict[str, tuple]
     skipped: Tuple[str, ...]       # modules outside the backbone (the projectors)
+    heads: Dict[str, tuple] = field(default_factory=dict)  # projector name -> (A, B, B's bias or None)
 
 
 def adapter_settings(adapters: Path) -> Tuple[int, float, bool]:
@@ -232,7 +237,7 @@ def read_task_lora(layout: Layout, task: Optional[str]) -> TaskLora:
         modules.setdefault(m["module"], {})[(m["side"], m["param"])] = tensor
     # ref: MultiAdapterLinear.update_layer: scaling = lora_alpha / r, or / sqrt(r) with use_rslora
     scaling = alpha / math.sqrt(r) if rslora else alpha / r
-    pairs, skipped = {}, []
+    pairs, skipped, heads = {}, [], {}
     for module, parts in sorted(modules.items()):
         a, b = parts.get(("A", "weight")), parts.get(("B", "weight"))
         if a is None or b is None or ("A", "bias") in parts:
@@ -243,19 +248,17 @@ def read_task_lora(layout: Layout, task: Optional[str]) -> TaskLora:
                                  f"adapter_config.json says r={r}")
         if module.split(".")[-1] in PROJECTORS:
             skipped.append(module)
+            heads[module.split(".")[-1]] = (a, b, parts.get(("B", "bias")))
             continue
         pairs[module_path(module)] = (a, b, parts.get(("B", "bias")))
-    return TaskLora(task, scaling, pairs, tuple(skipped))
+    return TaskLora(task, scaling, pairs, tuple(skipped), heads)
 
 
 def merge_task_lora(net, lora: TaskLora) -> int:
-    """Add the task's delta to each adapted nn.Linear of `net` in place; return how many.
-
-    ref: MultiAdapterLinear.forward with one task name: base(x) + B(A(x)) * scaling, i.e.
-    W' = W + scaling * B @ A (and bias' = bias + scaling * B.bias when the LoRA B has one)."""
+    """Add the task's delta to each adapted nn.Linear of `net` in place; return how many."""
     import torch
 
-    for path, (a, b, b_bias) in lora.pairs.items():
+    for path, pair in lora.pairs.items():
         try:
             layer = net.get_submodule(path)
         except AttributeError:
@@ -263,20 +266,59 @@ def merge_task_lora(net, lora: TaskLora) -> int:
         if not isinstance(layer, torch.nn.Linear):
             raise ModelLoadError(f"the {lora.task!r} adapter adapts {path}, which is not a linear layer of "
                                  f"this Qwen2.5-VL backbone")
-        w = layer.weight
-        if tuple(w.shape) != (b.shape[0], a.shape[1]):
-            raise ModelLoadError(f"the {lora.task!r} adapter for {path} is {b.shape[0]}x{a.shape[1]}, "
-                                 f"the layer is {w.shape[0]}x{w.shape[1]}")
-        with torch.no_grad():
-            delta = (b.to(torch.float64) @ a.to(torch.float64)) * lora.scaling
-            w.copy_((w.to(torch.float64) + delta.to(w.device)).to(w.dtype))
-            if b_bias is not None:
-                if layer.bias is None:
-                    raise ModelLoadError(f"the {lora.task!r} adapter adds a bias to {path}, which has none")
-                bias = layer.bias
-                bias.copy_((bias.to(torch.float64) + lora.scaling * b_bias.to(torch.float64).to(bias.device))
-                           .to(bias.dtype))
+        merge_pair(layer, pair, lora, path)
     return len(lora.pairs)
+
+
+def merge_pair(layer, pair: tuple, lora: TaskLora, path: str) -> None:
+    """One LoRA pair (A, B, B's bias) into `layer`, in place.
+
+    ref: MultiAdapterLinear.forward with one task name: base(x) + B(A(x)) * scaling, i.e.
+    W' = W + scaling * B @ A (and bias' = bias + scaling * B.bias when the LoRA B has one)."""
+    import torch
+
+    a, b, b_bias = pair
+    w = layer.weight
+    if tuple(w.shape) != (b.shape[0], a.shape[1]):
+        raise ModelLoadError(f"the {lora.task!r} adapter for {path} is {b.shape[0]}x{a.shape[1]}, "
+                             f"the layer is {w.shape[0]}x{w.shape[1]}")
+    with torch.no_grad():
+        delta = (b.to(torch.float64) @ a.to(torch.float64)) * lora.scaling
+        w.copy_((w.to(torch.float64) + delta.to(w.device)).to(w.dtype))
+        if b_bias is not None:
+            if layer.bias is None:
+                raise ModelLoadError(f"the {lora.task!r} adapter adds a bias to {path}, which has none")
+            bias = layer.bias
+            bias.copy_((bias.to(torch.float64) + lora.scaling * b_bias.to(torch.float64).to(bias.device))
+                       .to(bias.dtype))
+
+
+def load_projector(layout: Layout, task: Optional[str], dtype, name: str = "multi_vector_projector"):
+    """The checkpoint's top-level projector head `name` as an nn.Linear (with its bias), the
+    task's LoRA pair for it merged. ref: JinaEmbeddingsV4Model._init_projection_layer builds it
+    as ``nn.Linear(hidden, dim)`` (bias on); get_multi_vector_embeddings runs it with the task label."""
+    import torch
+    from safetensors import safe_open
+
+    tensors = {}
+    for path in sorted(layout.path.glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                if key.split(".")[-2:-1] == [name]:  # "<name>.weight", with or without a prefix
+                    tensors[key.rsplit(".", 1)[-1]] = f.get_tensor(key)
+    if "weight" not in tensors:
+        raise ModelLoadError(f"{layout.path}: no {name}.weight in the checkpoint's *.safetensors: the multi-vector "
+                             f"head is missing (single-vector use needs no head: family jina_v4)")
+    weight = tensors["weight"]
+    head = torch.nn.Linear(weight.shape[1], weight.shape[0], bias="bias" in tensors)
+    with torch.no_grad():
+        head.weight.copy_(weight)
+        if "bias" in tensors:
+            head.bias.copy_(tensors["bias"])
+    lora = read_task_lora(layout, task)
+    if name in lora.heads:
+        merge_pair(head, lora.heads[name], lora, name)
+    return head.to(dtype).eval()
 
 
 # ----------------------------------------------------------------------------- loading

@@ -40,6 +40,12 @@ written in the authors' code:
   trained with), empty after; transformers' processor adds ``Query: `` and a trailing newline:
   the recipe's ``query_prefix``, overridable per checkpoint (`mmsearch.json`). **M-RoPE** (its
   model runs Qwen2-VL's own forward from ``input_ids``); every token's 128-d projection, L2.
+- ``jina_v4_multivector``: jina-v4's prompts, positions and task adapters, output through its
+  ``multi_vector_projector`` (`jina_multivector`): every unmasked token, projected then L2.
+- ``colpali`` (colpali_engine `ColPaliProcessor`, transformers' ``ColPaliForRetrieval``):
+  documents ``<image><bos>Describe the image.`` through PaliGemma's processor; queries
+  ``<bos>`` + ``Query: `` + text + ``<pad>`` x10 + ``\n`` through the tokenizer alone; every
+  token's 128-d projection, L2 (`colpali`).
 """
 from __future__ import annotations
 
@@ -120,7 +126,7 @@ class Recipe:
     processor_resizes: bool = True
     matryoshka: Tuple[int, ...] = ()         # listed sizes ...
     matryoshka_min: Optional[int] = None     # ... or any size from this one up
-    multi_vector: Optional[str] = None       # a multi-vector head the checkpoint has (`multivector`)
+    multi_vector: Optional[str] = None       # the family embedding by the checkpoint's multi-vector head
     query_prefix: str = ""                   # ``{prefix}`` in a template (ColQwen2's query prefix)
     rule: str = "1"                          # bumped when a rule changes; recorded in manifests
     adapters: Tuple[str, ...] = ()           # task adapters the family's checkpoints carry; the first is the default
@@ -277,7 +283,7 @@ JINA_V4 = Recipe(
     takes_instruction=False,
     kinds=("text", "image"),
     matryoshka=(128, 256, 512, 1024, 2048),
-    multi_vector="jina_v4",
+    multi_vector="jina_v4_multivector",
     # ref: JinaEmbeddingsV4Model.task setter ("Must be one of ['retrieval', 'text-matching', 'code']");
     # _validate_encoding_params: text-matching texts take the query prefix on both sides
     adapters=("retrieval", "text-matching", "code"),
@@ -306,6 +312,36 @@ COLQWEN2 = Recipe(
     query_prefix="Query: ",
 )
 
+# ref: modeling_jina_embeddings_v4.py get_multi_vector_embeddings / _process_batches (`jina_multivector`)
+JINA_V4_MULTIVECTOR = replace(
+    JINA_V4,
+    name="jina_v4_multivector",
+    description="jina-embeddings-v4 (multi-vector): its prompts and adapters; every unmasked token through "
+                "multi_vector_projector, L2; MaxSim",
+    pooling="tokens",
+    image_pooling=None,
+    matryoshka=(),
+)
+
+# ref: colpali_engine models/paligemma/colpali/processing_colpali.py ColPaliProcessor (`colpali`)
+COLPALI_DOCUMENT = "<image><bos>Describe the image."   # visual_prompt_prefix; the processor expands <image>
+COLPALI_AUGMENTATION = "<pad>" * 10                    # query_augmentation_token (tokenizer.pad_token) x10
+
+COLPALI = Recipe(
+    name="colpali",
+    description="ColPali (colpali_engine): multi-vector, a 128-d vector per token; <bos>Query: text <pad>x10, "
+                "fixed document prompt through PaliGemma's processor; MaxSim",
+    backbones=("colpali",),
+    prompts={"text": Template(("<bos>{prefix}{text}" + COLPALI_AUGMENTATION + "\n",)),
+             "image": Template((COLPALI_DOCUMENT,))},
+    image_slot="<image>",
+    pooling="tokens",
+    takes_instruction=False,
+    kinds=("text", "image"),
+    multi_vector="colpali",
+    query_prefix="Query: ",
+)
+
 CLIP = Recipe(
     name="clip",
     description="CLIP dual encoder; image+text by UniIR score fusion",
@@ -317,9 +353,10 @@ SIGLIP = replace(CLIP, name="siglip", description="SigLIP dual encoder; image+te
                  backbones=("siglip",))
 
 FAMILIES: Dict[str, Recipe] = {r.name: r for r in (VLM2VEC, GME, QWEN3_VL_EMBEDDING, JINA_V4, MMSEARCH, CLIP, SIGLIP,
-                                                    COLQWEN2)}
+                                                    COLQWEN2, JINA_V4_MULTIVECTOR, COLPALI)}
 DEFAULT_FAMILY = {"qwen2_vl": "vlm2vec", "qwen2_5_vl": "vlm2vec", "llava_next": "vlm2vec", "phi3_v": "vlm2vec",
-                  "qwen3_vl": "qwen3_vl_embedding", "clip": "clip", "siglip": "siglip", "colqwen2": "colqwen2"}
+                  "qwen3_vl": "qwen3_vl_embedding", "clip": "clip", "siglip": "siglip", "colqwen2": "colqwen2",
+                  "colpali": "colpali"}
 
 
 def format_input(backbone: str, text: Optional[str], instruction: Optional[str], has_image: bool,
