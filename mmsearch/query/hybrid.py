@@ -3,8 +3,11 @@ fields, `query.lexical`) and ``hybrid`` (both arms, fused by `query.fusion`).
 
 Both arms see the same allowed rows (the filter's matches minus tombstones) before
 fusion, and each returns `depth` candidates: enough that a row ranked well by one arm
-only still reaches the fused top k. The lexical arm searches the query's own text,
-never its instruction; a query without text (an image) has an empty lexical arm.
+only still reaches the fused top k. The vector arm also scores every row the lexical arm
+found beyond its window (every row has a vector score; a row BM25 does not match has
+none): without that, a page found only by its quoted part code ties in RRF with the vector
+arm's unrelated first hit. The lexical arm searches the query's own text, never its
+instruction; a query without text (an image) has an empty lexical arm.
 """
 from __future__ import annotations
 
@@ -52,9 +55,11 @@ class SearchMode:
         return max(4 * k, MIN_DEPTH) if self.mode == "hybrid" else k
 
     def run(self, view, lexical: LexicalShards, queries: Sequence, k: int, masks: List,
-            vector: Callable[[int], Result]) -> Tuple[Result, list]:
+            vector: Callable[[int, List[np.ndarray]], Result]) -> Tuple[Result, list]:
         """(D, I) of the top k, and the stages' results (name, D, I) for `Hit.scores`.
-        `vector(depth)` runs the vector arm over the same allowed rows."""
+        `vector(depth, lexical_rows)` runs the vector arm over the same allowed rows: its top
+        `depth`, plus the rows the lexical arm found that are not among them, with their own
+        vector scores (so a page only the lexical arm ranks high is still ranked by both)."""
         texts = query_texts(queries)
         if self.mode == "lexical" and not any(texts):
             raise InputError("mode='lexical' needs query text; an image-only query has no words to match "
@@ -64,7 +69,7 @@ class SearchMode:
             if view.shards else empty_result(len(texts), depth, keep_max=True)
         if self.mode == "lexical":
             return lex, [("lexical", *lex)]
-        vec = vector(depth)
+        vec = vector(depth, list(lex[1]))
         if self.fusion == "rrf":
             fused = rrf([vec, lex], k, self.rrf_k)
         else:

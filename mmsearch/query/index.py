@@ -39,7 +39,7 @@ from .merge import merge_results, pad_result
 from .params import SearchParams
 from .queries import as_queries, with_instruction
 from .rerank import make_reranker, parse_rerank
-from .rerank_context import QueryBank, RerankContext, check_bank
+from .rerank_context import QueryBank, RerankContext, check_bank, sort_result
 from .view import IndexView, Tombstones
 
 RUNTIMES = ("torch", "numpy")  # how queries are embedded: see open_index
@@ -225,9 +225,10 @@ class Index:
                                 tombstones)
             history = [("ann", D, I)]
         else:
-            def vector_arm(width: int):  # over the rows the lexical arm sees; MaxSim-ordered when multi-vector
+            def vector_arm(width: int, lexical_rows: List[np.ndarray]):  # over the rows the lexical arm saw
                 D, I = self._search(view, xq, late.candidates(width) if late else width, filt, knobs, tombstones)
-                return late.rerank(ctx, D, I) if late else (D, I)
+                D, I = self._with_rows(view, xq, knobs, (D, I), lexical_rows)
+                return late.rerank(ctx, D, I) if late else (D, I)  # multi-vector: in exact MaxSim order
 
             (D, I), history = plan.run(view, self._lexical, queries, max([k] + [s.candidates(k) for s in chain]),
                                        view.masks(filt, tombstones), vector_arm)
@@ -269,7 +270,12 @@ class Index:
         width = max(1, min(k, view.rows))
         if not view.shards or n == 0:
             return pad_result(np.empty((n, 0), np.float32), np.empty((n, 0), np.int64), k, keep_max)
-        masks = view.masks(filt, tombstones)
+        return self._search_masked(view, xq, k, view.masks(filt, tombstones), knobs)
+
+    def _search_masked(self, view: IndexView, xq: np.ndarray, k: int, masks: List, knobs: SearchParams):
+        """The top k of each query among each shard's allowed rows (`masks`, None: all)."""
+        n, keep_max = len(xq), view.keep_max
+        width = max(1, min(k, view.rows))
         if len(view.shards) == 1:
             D, I = search_shard(view.shards[0], xq, width, knobs, masks[0], self.policy)
             return pad_result(D, I, k, keep_max) if I.shape[1] < k else (D, I)
@@ -278,6 +284,21 @@ class Index:
                                  len(view.shards), xq)
         D, I = merge_results(parts, width, keep_max)
         return pad_result(D, I, k, keep_max) if width < k else (D, I)
+
+    def _with_rows(self, view: IndexView, xq: np.ndarray, knobs: SearchParams, found, rows: List[np.ndarray]):
+        """`found` (D, I) extended, per query, by the given rows it lacks, with their own
+        scores from the same index (a search allowed only those rows), in score order."""
+        D, I = found
+        extra = [np.setdiff1d(r[r >= 0], I[q]) for q, r in enumerate(rows)]
+        width = I.shape[1] + max((len(e) for e in extra), default=0)
+        if width == I.shape[1]:
+            return D, I
+        D, I = pad_result(D, I, width, view.keep_max)
+        for q in np.flatnonzero([len(e) for e in extra]):
+            d, i = self._search_masked(view, xq[q:q + 1], len(extra[q]), view.masks_of_rows(extra[q]), knobs)
+            have = int((I[q] >= 0).sum())
+            D[q, have:have + len(extra[q])], I[q, have:have + len(extra[q])] = d[0, :len(extra[q])], i[0, :len(extra[q])]
+        return sort_result(D, I, view.keep_max)
 
     def _rerank_context(self, view: IndexView, tombstones: Tombstones, xq: np.ndarray, queries: List[Query],
                         k: int, query_tokens: Optional[List[np.ndarray]] = None) -> RerankContext:

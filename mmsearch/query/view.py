@@ -118,6 +118,13 @@ class IndexView:
             where = np.flatnonzero(which == i)
             yield self.shards[i], where, rows[where] - self.shards[i].id_start
 
+    def masks_of_rows(self, rows: Sequence[int]) -> List[RowMask]:
+        """Per shard, a mask allowing exactly the given global rows (none in shards they miss)."""
+        masks = [np.zeros(shard.rows, dtype=bool) for shard in self.shards]
+        for shard, _, local in self.by_shard(rows):
+            masks[self.shards.index(shard)][local] = True
+        return [RowMask(m) for m in masks]
+
     def records(self, rows: Sequence[int]) -> List[Dict[str, Any]]:
         out: List[Optional[dict]] = [None] * len(rows)
         for shard, where, local in self.by_shard(rows):
