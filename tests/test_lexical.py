@@ -75,6 +75,24 @@ def sharded(tmp_path_factory):
     return rows, build(tmp, rows, shard_size=9)
 
 
+def test_common_words_score_but_do_not_match_alone_and_codes_match_whole(tmp_path):
+    """Lucene's CommonTermsQuery rule: "doc" is on every row, so it adds its (tiny) BM25 to the row
+    that matches "kv7" but makes no other row a hit; a query of common words only matches as usual.
+    A code of several terms ("bd-7") matches only rows holding all of them. A plain OR of the terms
+    (the planted wrong rule) would return all 20 rows for each query."""
+    rows = [{"id": f"r{i:02d}", "text": f"doc kv{i} part bd {i}", "title": "x"} for i in range(20)]
+    rows[3]["text"] = "doc kv3 part bd 77"
+    path = build(tmp_path, rows, shard_size=7)
+    with open_index(path) as index:
+        hits = index.search("doc kv7", k=10, mode="lexical")
+        assert [h.id for h in hits] == ["r07"]
+        assert hits[0].score == pytest.approx(oracle_bm25(rows, "doc kv7")[7], rel=1e-4)
+        assert len(index.search("doc part", k=30, mode="lexical")) == 20
+        hits = index.search("BD-7", k=30, mode="lexical")
+        assert [h.id for h in hits] == ["r07"]
+        assert hits[0].score == pytest.approx(oracle_bm25(rows, "bd 7")[7], rel=1e-4)
+
+
 @pytest.mark.parametrize("query", QUERIES)
 def test_sharded_scores_equal_global_bm25(sharded, query):
     rows, path = sharded

@@ -46,7 +46,7 @@ _EXPORTS = {
               "first_stage_vectors", "int8_ranges", "quantize_int8", "dequantize_int8", "binarize",
               "hamming_scores", "first_stage_queries", "first_stage_scores", "rescore", "is_binary", "downcast"),
     "lexical": ("LEXICAL_KEY", "PAGE_TEXT", "BODY", "ROW", "parse_text_fields", "lexical_extra", "lexical_fields",
-                "has_lexical", "lexical_texts", "open_lexical", "query_terms"),
+                "has_lexical", "lexical_texts", "open_lexical", "query_groups", "query_terms"),
     "verify": ("verify_index",),
     "lock": ("writer_lock", "wipe_index"),
     "job": ("JOB_VERSION", "fingerprint_source", "job_record", "job_differences", "legacy_differences"),

@@ -147,6 +147,13 @@ def query_terms(text: str) -> List[str]:
     return list(_QUERY_ANALYZER.analyze(text or ""))
 
 
+def query_groups(text: str) -> List[Tuple[str, ...]]:
+    """A query's terms grouped by the word they came from: "BD-3448 valve" -> [("bd", "3448"),
+    ("valv",)]. A word that analyses to several terms (a part code, a hyphenated name) must
+    match all of them, as a query parser makes a phrase of it (the index keeps no positions)."""
+    return [g for g in (tuple(query_terms(word)) for word in (text or "").split()) if g]
+
+
 def lexical_file_entries(folder: Path) -> List[Path]:
     """Every file of a shard folder, lexical/ included (manifest listing order)."""
     return sorted(p for p in folder.rglob("*") if p.is_file())

@@ -12,6 +12,14 @@ collection have near-equal averages; documented, and tested where lengths are eq
 
 Filters and tombstones: a shard is asked for ``k + (rows not allowed)`` hits, the
 disallowed ones are dropped, so the top k allowed rows are exact whatever the filter.
+
+A query word that analyses to several terms (``BD-3448`` -> ``bd``, ``3448``) must match all
+of them, as a query parser makes a phrase of it (`index_format.query_groups`). Common words
+(all terms in more than `COMMON_FRACTION` of the rows) add to a row's score but do not make
+it a hit on their own, as Lucene's CommonTermsQuery does: in "the DOC-95509 form", matching
+"the" alone would put every page in the lexical arm's ranking, and rank fusion (which
+ignores scores) would promote pages whose only match is a word on every page. A query of
+common words only matches on them as usual.
 """
 from __future__ import annotations
 
@@ -23,10 +31,12 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 
 from mmsearch.errors import InputError
-from mmsearch.index_format import BODY, ROW, has_lexical, open_lexical, query_terms
+from mmsearch.index_format import BODY, ROW, has_lexical, open_lexical, query_groups
 
 from .filtered import RowMask
 from .merge import empty_result
+
+COMMON_FRACTION = 0.5  # a term in more than this share of the rows scores but does not match alone
 
 
 def bm25_idf(df: float, n: float) -> float:
@@ -73,12 +83,17 @@ def search_lexical(shards: Sequence, searchers: Sequence[Searcher], texts: Seque
     D, I = empty_result(len(texts), k, keep_max=True)
     n_docs = sum(s.tantivy.num_docs for s in searchers)
     for q, text in enumerate(texts):
-        terms = Counter(query_terms(text or ""))
+        groups = Counter(query_groups(text or ""))  # a word of several terms matches all of them
+        terms = {t for g in groups for t in g}
         if not terms or n_docs == 0:
             continue
         dfs = [{t: s.tantivy.doc_freq(BODY, t) for t in terms} for s in searchers]
-        idf = {t: bm25_idf(sum(df[t] for df in dfs), n_docs) for t in terms}
-        parts = [_search_shard(shard, s, terms, df, idf, k, mask)
+        total_df = {t: sum(df[t] for df in dfs) for t in terms}
+        idf = {t: bm25_idf(total_df[t], n_docs) for t in terms}
+        common = {g for g in groups if all(total_df[t] > COMMON_FRACTION * n_docs for t in g)}
+        if common == {g for g in groups if all(total_df[t] for t in g)}:
+            common = set()  # only common words: they match as usual
+        parts = [_search_shard(shard, s, groups, df, idf, common, k, mask)
                  for shard, s, df, mask in zip(shards, searchers, dfs, masks)]
         scores = np.concatenate([p[0] for p in parts])
         rows = np.concatenate([p[1] for p in parts])
@@ -87,16 +102,24 @@ def search_lexical(shards: Sequence, searchers: Sequence[Searcher], texts: Seque
     return D, I
 
 
-def _search_shard(shard, searcher: Searcher, terms: Counter, df: dict, idf: dict, k: int,
+def _search_shard(shard, searcher: Searcher, groups: Counter, df: dict, idf: dict, common_groups: set, k: int,
                   mask: Optional[RowMask]) -> Tuple[np.ndarray, np.ndarray]:
     import tantivy
 
-    clauses = []
-    for term, count in terms.items():
-        if df[term]:  # a repeated query term counts once per occurrence, as in a Lucene BooleanQuery
-            boost = count * idf[term] / bm25_idf(df[term], searcher.tantivy.num_docs)
-            query = tantivy.Query.term_query(searcher.schema, BODY, term)
-            clauses.append((tantivy.Occur.Should, tantivy.Query.boost_query(query, boost)))
+    rare, common = [], []
+    for group, count in groups.items():
+        if not all(df[t] for t in group):
+            continue  # no row of this shard can match it
+        # a repeated query word counts once per occurrence, as in a Lucene BooleanQuery; each term's
+        # boost turns this shard's IDF into the global one
+        parts = [tantivy.Query.boost_query(tantivy.Query.term_query(searcher.schema, BODY, t),
+                                           count * idf[t] / bm25_idf(df[t], searcher.tantivy.num_docs))
+                 for t in group]
+        query = parts[0] if len(parts) == 1 else tantivy.Query.boolean_query([(tantivy.Occur.Must, p) for p in parts])
+        (common if group in common_groups else rare).append((tantivy.Occur.Should, query))
+    clauses = rare + common
+    if common_groups:  # the query has rare words (somewhere): a hit matches one; common ones only add score
+        clauses = [(tantivy.Occur.Must, tantivy.Query.boolean_query(rare))] + common if rare else []
     allowed = shard.rows if mask is None else mask.count
     if not clauses or allowed == 0:
         return np.empty(0, np.float32), np.empty(0, np.int64)
