@@ -111,3 +111,27 @@ def test_rejects_bad_input(store):
         TokenStore(np.ones((3, DIM), np.int8), np.array([0, 3]))
     with pytest.raises(ValueError, match="storage"):
         TokenStore.from_float(np.ones((3, DIM)), np.array([0, 3]), "bfloat16")
+
+
+def test_many_threads_leave_the_blas_thread_limit_as_they_found_it():
+    """The one-BLAS-thread limit is process-wide; callers from many threads (a server) must not
+    restore each other's state. Planted: without the counter, overlapping enter/exit leaves 1."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_info
+
+    store = TokenStore.from_float(*pages(seed=3, n=200), storage="float16")
+    query = np.random.default_rng(1).standard_normal((8, DIM)).astype(np.float32)
+    before = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: maxsim_scores(query, store, np.arange(200)), range(64)))
+    assert all(np.array_equal(r, results[0]) for r in results)
+    assert [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"] == before
+    # a batch of queries scored side by side equals one at a time
+    queries = np.random.default_rng(2).standard_normal((40, DIM)).astype(np.float32)
+    qoff = np.arange(0, 41, 4)
+    cand = np.tile(np.arange(200), (10, 1))
+    D, I = rerank(queries, qoff, store, cand, 7)
+    for i in range(10):
+        want = maxsim_scores(queries[qoff[i]:qoff[i + 1]], store, np.arange(200))
+        np.testing.assert_array_equal(I[i], np.argsort(-want, kind="stable")[:7])

@@ -20,9 +20,12 @@ similarities are negative, so the padded score is wrong. Segments here are exact
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Optional
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 import numpy as np
 from threadpoolctl import ThreadpoolController
@@ -60,12 +63,41 @@ def to_float32(values: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarr
 
 
 _CONTROLLER = ThreadpoolController()  # caps OpenBLAS/MKL threads for the thin per-query matmuls
+_LIMIT_LOCK = threading.Lock()
+_LIMIT = {"users": 0, "limiter": None}
 
 
 @contextmanager
 def _one_blas_thread():
-    with _CONTROLLER.limit(limits=1, user_api="blas"):
+    """BLAS on one thread while any caller is inside. The limit is process-wide, so it is
+    counted: the first caller in sets it, the last one out restores it (nested contexts from
+    several threads would otherwise restore each other's state and could leave it at 1)."""
+    with _LIMIT_LOCK:
+        if _LIMIT["users"] == 0:
+            _LIMIT["limiter"] = _CONTROLLER.limit(limits=1, user_api="blas")
+        _LIMIT["users"] += 1
+    try:
         yield
+    finally:
+        with _LIMIT_LOCK:
+            _LIMIT["users"] -= 1
+            if _LIMIT["users"] == 0:
+                _LIMIT["limiter"].restore_original_limits()
+                _LIMIT["limiter"] = None
+
+
+def map_queries(fn: Callable[[int], None], n: int) -> None:
+    """fn(0), ..., fn(n - 1) spread over the cores this process may use, BLAS on one thread
+    each: a query's MaxSim is thin matmuls, gathers and reductions that release the GIL, so
+    queries run side by side (2x on 2 cores) where one query cannot use two cores well."""
+    workers = min(n, len(os.sched_getaffinity(0)))
+    with _one_blas_thread():
+        if workers <= 1:
+            for i in range(n):
+                fn(i)
+            return
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(fn, range(n)))
 
 
 def quantize_tokens(tokens: np.ndarray, storage: str = "float16") -> tuple[np.ndarray, Optional[np.ndarray]]:
@@ -186,11 +218,12 @@ def rerank(query_tokens: np.ndarray, query_offsets: np.ndarray, store: TokenStor
     scores = np.full(candidates.shape, -np.inf, dtype=np.float32)
     if candidates.size and candidates.max() >= store.n_sets:
         raise ValueError(f"candidate ids must be < {store.n_sets}, got {candidates.max()}")
-    with _one_blas_thread():
-        for i, row in enumerate(candidates):
-            valid = row >= 0
-            if valid.any():
-                scores[i, valid] = _scores(queries[qoff[i]:qoff[i + 1]], store, row[valid])
+    def score(i: int) -> None:
+        valid = candidates[i] >= 0
+        if valid.any():
+            scores[i, valid] = _scores(queries[qoff[i]:qoff[i + 1]], store, candidates[i][valid])
+
+    map_queries(score, len(candidates))
     return _top_k(scores, np.where(candidates >= 0, candidates, -1), k)
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from mmsearch.errors import InputError
-from mmsearch.multivector import match_heat
+from mmsearch.multivector import map_queries, match_heat
 
 from .rerank_context import RerankContext, Result, sort_result
 
@@ -40,10 +40,13 @@ class MaxSim:
             raise InputError("MaxSim reranking needs the queries' token vectors: search a multi-vector index with "
                              "queries (text or images), not precomputed vectors")
         scores = np.full(I.shape, -np.inf, dtype=np.float32)
-        for q, row in enumerate(I):
-            valid = row >= 0
+
+        def score(q: int) -> None:
+            valid = I[q] >= 0
             if valid.any():
-                scores[q, valid] = ctx.view.maxsim(ctx.query_tokens[q], row[valid])
+                scores[q, valid] = ctx.view.maxsim(ctx.query_tokens[q], I[q][valid])
+
+        map_queries(score, len(I))  # queries side by side on the cores
         return sort_result(scores, I, keep_max=True)
 
 
