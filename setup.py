@@ -56,8 +56,9 @@ EXTRAS = {
     "dev": ["pytest>=8", "pandas>=2", "duckdb>=1", "pytrec-eval-terrier>=0.5",
             "ray[data]>=2.30", "playwright>=1.40"],
 }
-# the test suite covers the server and lexical search too; ranx is the fusion tests' reference
-EXTRAS["dev"] = EXTRAS["dev"] + EXTRAS["server"] + EXTRAS["lexical"] + ["ranx>=0.3"]
+# the test suite covers the server and lexical search too; ranx is the fusion tests' reference,
+# sentence-transformers the int8 calibration tests'
+EXTRAS["dev"] = EXTRAS["dev"] + EXTRAS["server"] + EXTRAS["lexical"] + ["ranx>=0.3", "sentence-transformers>=3"]
 EXTRAS["all"] = sorted({r for k in ("server", "ray", "train", "lexical", "dev") for r in EXTRAS[k]})
 
 setup(
