@@ -321,3 +321,18 @@ def test_hybrid_fuses_exact_maxsim_with_bm25(tmp_path, corpus, model, raw, oracl
     assert [h.id for h in hits] == [i for i, _ in want]
     assert np.allclose([h.score for h in hits], [s for _, s in want])
     assert set(hits[0].scores) == {"ann", "lexical", "rrf"}
+
+
+def test_auto_index_and_image_queries_equal_brute_force(tmp_path, corpus, model, raw, oracle_tokens):
+    """`index="auto"` calibrates on the FDEs like any vectors; a page image as the query is
+    embedded as the query side's token matrix and reranked by exact MaxSim."""
+    out = tmp_path / "auto"
+    mmsearch.build_index([corpus / "pages.jsonl"], out, model, index="auto", fde=FDE)
+    assert read_manifest(out).multi_vector is not None and verify_index(out) == []
+    index = mmsearch.open_index(out)
+    for i in (3, 11):
+        page = Image.open(corpus / "img" / f"{i}.png").convert("RGB")
+        hits = index.search(page, k=5)
+        want = _brute_force(raw.encode(mmsearch.Query(image=page), multi_vector=True)[0], oracle_tokens)[:5]
+        assert [h.id for h in hits] == [i for i, _ in want] and hits[0].id == f"p{i:02d}"
+        assert np.allclose([h.score for h in hits], [s for _, s in want], atol=2e-2)
