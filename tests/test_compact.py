@@ -167,3 +167,39 @@ def test_spec_round_trips_and_rejects_bad_values():
         CompactSpec("float16", 128, D_FULL)
     with pytest.raises(InputError, match="Flat or HNSW"):
         faiss_factory("binary", "IVF64,PQ8")
+
+
+@pytest.mark.parametrize("precision", ["binary", "int8"])
+def test_the_indexer_and_the_server_with_compact_codes(tmp_path, precision):
+    """The real indexer with the built-in model (`precision=`), then the server: its answers equal
+    in-process search, and after rescoring both equal exact float32 search over the stored vectors
+    (`Index.vectors`, an independent faiss.knn)."""
+    import json
+
+    import faiss
+
+    import mmsearch
+    from test_server_support import ThreadServer, require_server_deps
+
+    require_server_deps()
+    import httpx
+
+    from mmsearch.server import create_app
+
+    words = ["red", "green", "blue", "square", "circle", "star", "large", "small", "striped", "dotted"]
+    rows = [{"id": f"t{i:03d}", "text": " ".join(words[(i * j) % 10] for j in range(1, 5)) + f" {i}"}
+            for i in range(120)]
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "index"
+    mmsearch.build_index([tmp_path / "t.jsonl"], out, "mmsearch-tiny", precision=precision, oversample=40,
+                         shard_size=50)
+    queries = ["a red square", "small dotted star", "blue circle 7"]
+    with open_index(out) as index, ThreadServer(create_app(out)) as server:
+        assert index.manifest.compact.precision == precision
+        xb = index.vectors(np.arange(len(index)))
+        xq = index.encoder.encode([mmsearch.Query(text=q) for q in queries], show_progress=False)
+        _, exact = faiss.knn(xq, xb, 5, metric=faiss.METRIC_INNER_PRODUCT)
+        for q, want in zip(queries, exact):
+            got = httpx.post(f"{server.url}/search", json={"text": q, "k": 5}, timeout=60).json()["hits"]
+            assert [h["id"] for h in got] == [h.id for h in index.search(q, k=5)]
+            assert [h["id"] for h in got] == [rows[r]["id"] for r in want]
