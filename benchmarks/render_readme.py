@@ -173,6 +173,18 @@ def lexical_section(lx):
             + (RESULTS / "lexical.md").read_text())
 
 
+def compact_section(name):
+    c = load(name)
+    env = c["environment"]
+    return (f"**Compact vectors** (`benchmarks/compact.py`, issue #25; {env['date']}, {env['cpu']}, {env['cores']} "
+            f"cores; {c['rows_indexed']:,} x {c['dim']}, {c['queries']:,} queries, k {c['k']}; vectors: "
+            f"{c['vectors']}). Per setting (`float32@128`: Matryoshka truncation to 128 dims): bytes per vector, "
+            "resident memory of a fresh process after `open_index` and after searching (anonymous pages; the "
+            "part that is vectors.npy's memory map), recall@10 against exact float32 search, the task R@1 "
+            "(a query finds its own item), QPS of one 1,000-query batch and the rescoring cost:\n\n"
+            + (RESULTS / f"{name}.md").read_text())
+
+
 def main():
     env = load("ann_quick")["environment"]
     libs = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
@@ -208,6 +220,9 @@ def main():
         parts.append(query_section(load("query_path"), load("serve_load")))
     if load("lexical"):
         parts.append(lexical_section(load("lexical")))
+    full_compact = sorted(p.stem for p in RESULTS.glob("compact_*x*.json"))
+    for name in full_compact[-1:] or (["compact_quick"] if load("compact_quick") else []):
+        parts.append(compact_section(name))
     block = "\n\n".join(parts)
     readme = (ROOT / "README.md").read_text()
     head, rest = readme.split(START, 1)
