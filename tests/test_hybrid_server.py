@@ -100,9 +100,8 @@ def test_the_web_ui_toggle_searches_by_words(built, tmp_path):
                 assert shown[:len(want)] == want[:len(shown)] and shown[0] == "part-11"
             with ThreadServer(create_app(plain)) as server:  # no lexical index: no toggle
                 page.goto(server.url + "/")
-                page.wait_for_function("document.querySelector('#status') !== null")
-                page.wait_for_timeout(500)
-                assert page.is_hidden("#mode-label")
+                page.wait_for_function("document.querySelector('#index-info').textContent.includes('items')")
+                assert page.is_hidden("#mode-label")  # decided after /info answered, not before
         finally:
             context.close()
 
