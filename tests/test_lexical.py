@@ -236,3 +236,26 @@ def test_pdf_pages_are_searchable_by_their_text_layer(tmp_path):
         assert "Inspector" in record["page_text"]
         for q in (q for q in queries if q["type"] == "quoted"):
             assert index.search(q["text"], k=1, mode="lexical")[0].id == q["corpus-id"], q
+
+
+def test_hybrid_scores_lexical_hits_beyond_the_vector_window(tmp_path):
+    """A row only the lexical arm finds, ranked past the vector arm's window (depth 50), still gets
+    its own vector score (the exact inner product) and so wins RRF over the vector arm's first hit;
+    without it the two would tie at 1 / 61."""
+    rows = [{"id": f"r{i:03d}", "text": f"{VOCAB[i % 12]} {VOCAB[(5 * i) % 12]} zq{i}", "title": "x"}
+            for i in range(120)]
+    path = build(tmp_path, rows, shard_size=50)
+    with open_index(path) as index:
+        vectors = index.vectors(np.arange(120))
+        for i in range(120):  # a row whose own code ranks it past the window by vector search
+            query = f"zq{i}"
+            ranked = [h.id for h in index.search(query, k=120)]
+            if ranked.index(rows[i]["id"]) >= 60:
+                break
+        else:
+            pytest.skip("no row ranks past the window for its own code")
+        xq = index.encoder.encode([mmsearch.Query(text=query)], show_progress=False)[0]
+        hits = index.search(query, k=5, mode="hybrid")
+        assert hits[0].id == rows[i]["id"]
+        assert hits[0].scores["ann"] == pytest.approx(float(vectors[i] @ xq), abs=1e-4)
+        assert hits[0].scores["rrf"] == pytest.approx(1 / 61 + 1 / (60 + 51))
