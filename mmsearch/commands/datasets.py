@@ -60,9 +60,7 @@ def register(sub) -> None:
                         "title as text (a reading curriculum's first stage)")
     s.add_argument("--candidates", type=int, default=1000, help="MMEB: candidates per query, positive included")
     s.add_argument("--table", choices=("parquet", "jsonl"), default="parquet", help="MMEB / MMEB-train table format")
-    s.add_argument("--overwrite", action="store_true", help="replace a collection already in --out")
-    s.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    s.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    _output_options(s)
     s.set_defaults(handler=run_synthetic)
     v = sources.add_parser(
         "vidore", help="ViDoRe-like pages of four regions and questions about one region (BEIR layout)",
@@ -76,9 +74,7 @@ def register(sub) -> None:
     v.add_argument("--page-size", type=int, default=448, help="page side in pixels (default: %(default)s)")
     v.add_argument("--corpus", choices=("jsonl", "parquet"), default="jsonl",
                    help="corpus.jsonl with image paths, or corpus.parquet with image bytes (ViDoRe v2 style)")
-    v.add_argument("--overwrite", action="store_true", help="replace a collection already in --out")
-    v.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    v.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    _output_options(v)
     v.set_defaults(handler=run_vidore)
     h = sources.add_parser(
         "hybrid-docs", help="PDF pages with a figure and a text layer; quoted-token and paraphrased queries",
@@ -89,9 +85,16 @@ def register(sub) -> None:
     h.add_argument("--pages", type=int, default=200, help="pages in the corpus (default: %(default)s)")
     h.add_argument("--pages-per-pdf", type=int, default=50, help="pages per PDF file (default: %(default)s)")
     h.add_argument("--seed", type=int, default=0, help="random seed")
-    h.add_argument("--overwrite", action="store_true", help="replace a collection already in --out")
-    h.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    _output_options(h, progress=False)
     h.set_defaults(handler=run_hybrid_docs)
+
+
+def _output_options(p, progress: bool = True) -> None:
+    """What every collection generator takes about its output."""
+    p.add_argument("--overwrite", action="store_true", help="replace a collection already in --out")
+    if progress:
+        p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
 
 
 def _usage(parser) -> int:
