@@ -110,8 +110,6 @@ def test_sharded_scores_equal_global_bm25(sharded, query):
 
 def test_planted_per_shard_idf_disagrees_with_the_oracle(sharded):
     """What tantivy scores shard by shard, unboosted: the oracle above would fail it."""
-    import tantivy
-
     rows, path = sharded
     query = "w0 w11"
     want = oracle_bm25(rows, query)

@@ -266,15 +266,14 @@ class Index:
 
     def _search(self, view: IndexView, xq: np.ndarray, k: int, filt: Optional[Filter], knobs: SearchParams,
                 tombstones: Optional[Tombstones] = None):
-        n, keep_max = len(xq), view.keep_max
-        width = max(1, min(k, view.rows))
+        n = len(xq)
         if not view.shards or n == 0:
-            return pad_result(np.empty((n, 0), np.float32), np.empty((n, 0), np.int64), k, keep_max)
+            return pad_result(np.empty((n, 0), np.float32), np.empty((n, 0), np.int64), k, view.keep_max)
         return self._search_masked(view, xq, k, view.masks(filt, tombstones), knobs)
 
     def _search_masked(self, view: IndexView, xq: np.ndarray, k: int, masks: List, knobs: SearchParams):
         """The top k of each query among each shard's allowed rows (`masks`, None: all)."""
-        n, keep_max = len(xq), view.keep_max
+        keep_max = view.keep_max
         width = max(1, min(k, view.rows))
         if len(view.shards) == 1:
             D, I = search_shard(view.shards[0], xq, width, knobs, masks[0], self.policy)
