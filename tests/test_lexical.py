@@ -257,3 +257,12 @@ def test_hybrid_scores_lexical_hits_beyond_the_vector_window(tmp_path):
         assert hits[0].id == rows[i]["id"]
         assert hits[0].scores["ann"] == pytest.approx(float(vectors[i] @ xq), abs=1e-4)
         assert hits[0].scores["rrf"] == pytest.approx(1 / 61 + 1 / (60 + 51))
+
+
+def test_index_info_counts_the_lexical_folder_as_one_kind(sharded):
+    from mmsearch.indexer.maintenance import describe
+
+    _, path = sharded
+    per_item = describe(path)["bytes_per_item"]
+    assert per_item["lexical"] > 0 and not any(k.startswith("lexical/") for k in per_item)
+    assert per_item["total"] == pytest.approx(sum(v for k, v in per_item.items() if k != "total"), abs=0.5)

@@ -131,7 +131,8 @@ def _bytes_per_item(manifest) -> dict:
     kinds: dict = {}
     for shard in manifest.shards:
         for name, f in shard.files.items():
-            kind = "tokens" if name.startswith("token") else name.split(".")[0]
+            # a file's kind: its folder (lexical/...) or its stem (index.faiss -> index); token files together
+            kind = "tokens" if name.startswith("token") else name.split("/")[0].split(".")[0]
             kinds[kind] = kinds.get(kind, 0) + f.bytes
     out = {k: round(v / rows, 1) for k, v in sorted(kinds.items())}
     out["total"] = round(sum(kinds.values()) / rows, 1)
