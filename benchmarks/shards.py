@@ -16,7 +16,9 @@ ratio is the work sharding adds). Reported per index type:
   exact search at every point, and at each recall target the QPS of the cheapest
   setting that reaches it (batch and single query): shards compared at equal recall.
 
-The ratio is sharded / single-shard QPS (1 = shards cost nothing).
+The ratio is sharded / single-shard QPS (1 = shards cost nothing). IVF shards are
+joined into one index at open (`mmsearch.query.joined`); the rows "shards one by one"
+measure the same shards opened with `join_shards=False`, as they were searched before.
 Writes results/shards.json and .md (the table render_readme.py shows).
 """
 import argparse
@@ -104,6 +106,13 @@ def compare(points, exact):
         one, many = at_recall(points, 0, target), at_recall(points, 1, target)
         if one is None or many is None:
             continue
+        apart = at_recall(points, 2, target) if len(points[0]["recall"]) > 2 else None
+        if apart is not None:  # the shards searched one by one (join_shards=False)
+            rows.append({"target_recall": target, "apart": True, "params": [one["params"], apart["params"]],
+                         "recall": [one["recall"][0], apart["recall"][2]], "qps": [one["qps"][0], apart["qps"][2]],
+                         "single_ms": [one["single_ms"][0], apart["single_ms"][2]],
+                         "batch_ratio": round(apart["qps"][2] / one["qps"][0], 3),
+                         "single_ratio": round(one["single_ms"][0] / apart["single_ms"][2], 3)})
         rows.append({"target_recall": target, "params": [one["params"], many["params"]],
                      "recall": [one["recall"][0], many["recall"][1]], "qps": [one["qps"][0], many["qps"][1]],
                      "single_ms": [one["single_ms"][0], many["single_ms"][1]],
@@ -140,6 +149,8 @@ def main():
                 path = Path(tmp) / f"{spec.replace(',', '_')}-{shards}"
                 write_index(path, x, spec, shards)
                 indexes.append(open_index(path))
+            if "IVF" in spec:  # also the shards searched one by one, as before they were joined
+                indexes.append(open_index(path, join_shards=False))
             for threads in args.threads:
                 faiss.omp_set_num_threads(threads)
                 points = sweep(indexes, spec, xq, gt, args.k, args.repeat, args.singles)
@@ -165,6 +176,7 @@ def markdown(report):
     for r in report["results"]:
         for c in r["compare"]:
             what = r["index"] + ("" if r["exact"] else f" at recall >= {c['target_recall']}")
+            what += ", shards one by one" if c.get("apart") else ""
             lines.append(f"| {what} | {r['threads']} | {c['recall'][0]} / {c['recall'][1]} | {c['qps'][0]} / {c['qps'][1]} | "
                          f"{c['batch_ratio']} | {c['single_ms'][0]} / {c['single_ms'][1]} | {c['single_ratio']} |")
     return "\n".join(lines)

@@ -57,13 +57,14 @@ class Index:
     """An opened index. Build one with `open_index`."""
 
     def __init__(self, path: PathLike, encoder: Any = None, device: str = "auto",
-                 policy: FilterPolicy = FilterPolicy(), runtime: str = "torch"):
+                 policy: FilterPolicy = FilterPolicy(), runtime: str = "torch", join_shards: bool = True):
         self.path = Path(path)
+        self._join_shards = join_shards  # IVF shards searched as one index (mmsearch.query.joined)
         self.policy, self._device = policy, device
         if runtime not in RUNTIMES:
             raise InputError(f"runtime={runtime!r}: expected one of {list(RUNTIMES)}")
         self._runtime, self.runtime_note = runtime, runtime
-        self._view = IndexView(self.path)
+        self._view = IndexView(self.path, join=join_shards)
         _warn_legacy_rule(self.path, self._view.manifest.model)
         self._lock = threading.Lock()           # the view, named rerankers
         self._encoder_lock = threading.Lock()   # held while a model loads
@@ -81,7 +82,7 @@ class Index:
             return view
         with self._lock:
             if not self._view.is_current():
-                fresh = IndexView(self.path, previous=self._view)
+                fresh = IndexView(self.path, previous=self._view, join=self._join_shards)
                 if self._encoder is not None and fresh.manifest.model != self._view.manifest.model:
                     check_model(fresh.manifest.model, self._model_info(self._encoder, fresh.manifest.model))
                 self._view = fresh
@@ -275,8 +276,10 @@ class Index:
         """The top k of each query among each shard's allowed rows (`masks`, None: all)."""
         keep_max = view.keep_max
         width = max(1, min(k, view.rows))
-        if len(view.shards) == 1:
-            D, I = search_shard(view.shards[0], xq, width, knobs, masks[0], self.policy)
+        joined = view.joined()
+        if len(view.shards) == 1 or joined is not None:
+            shard, mask = (view.shards[0], masks[0]) if joined is None else (joined, view.joined_mask(masks))
+            D, I = search_shard(shard, xq, width, knobs, mask, self.policy)
             return pad_result(D, I, k, keep_max) if I.shape[1] < k else (D, I)
 
         parts = self._fanout.map(lambda i, q: search_shard(view.shards[i], q, width, knobs, masks[i], self.policy),
@@ -436,7 +439,8 @@ def _check_k(k: Any) -> int:
     return int(k)
 
 
-def open_index(path: PathLike, encoder: Any = None, device: str = "auto", runtime: str = "torch") -> Index:
+def open_index(path: PathLike, encoder: Any = None, device: str = "auto", runtime: str = "torch",
+               join_shards: bool = True) -> Index:
     """Open an index directory for search (read-only; see `Index`).
 
     `encoder`: None (load the manifest's model on first use), a loaded encoder, or a
@@ -444,8 +448,11 @@ def open_index(path: PathLike, encoder: Any = None, device: str = "auto", runtim
     built with raises IndexMismatchError naming both. `runtime="numpy"` embeds text-only
     queries without importing torch where the model allows (Qwen-family decoders on the
     CPU): a one-off search starts in a fraction of the time; torch loads for the first image.
+    `join_shards`: IVF shards are searched as the one index they slice, copied into RAM on
+    the first search (`mmsearch.query.joined`); False searches them one by one from their
+    memory-mapped files.
     """
-    return Index(path, encoder=encoder, device=device, runtime=runtime)
+    return Index(path, encoder=encoder, device=device, runtime=runtime, join_shards=join_shards)
 
 
 def search(index_path: PathLike, query: Any, k: int = 5, *, encoder: Any = None, device: str = "auto",

@@ -44,20 +44,37 @@ class Shard:
         self.id_start, self.rows = info.id_start, info.rows
         self.metric = metric
         self._index_dir = index_dir
-        self._index = open_shard_index(index_dir, info)  # owns the inner index: keep it
+        index = open_shard_index(index_dir, info)
         self.compact = compact  # first stage on truncated / quantised codes, then rescoring (.rescore)
         stored = dim if compact is None else compact.dim
-        if self._index.d != stored:
-            raise IndexFormatError(f"shard {info.name}: faiss dimension {self._index.d}, the manifest "
+        if index.d != stored:
+            raise IndexFormatError(f"shard {info.name}: faiss dimension {index.d}, the manifest "
                                    f"{'stores' if compact else 'model has'} dim {stored}")
-        self._inner, self._offset, self._perm, self._inv = _unwrap(self._index, info)
+        self._attach(index, *_unwrap(index, info))
         self.meta: pa.Table = read_pages(open_shard_meta(index_dir, info))  # legacy pages read as "page"
-        self.has_ivf = not is_binary(self._inner) and _find(self._inner, faiss.IndexIVF) is not None
-        self._exact_storage = compact is None and _exact_storage(self._inner)
         self._vectors: Optional[np.ndarray] = None
         self._tokens: Optional[TokenStore] = None
+
+    def _attach(self, index: faiss.Index, inner: faiss.Index, offset: int,
+                perm: Optional[np.ndarray] = None, inv: Optional[np.ndarray] = None) -> None:
+        """Search `inner` (inside `index`, kept: it owns it); its label l is global row
+        perm[l] when a permutation is given, else l + offset."""
+        self._index = index
+        self._inner, self._offset, self._perm, self._inv = inner, offset, perm, inv
+        self.has_ivf = not is_binary(inner) and _find(inner, faiss.IndexIVF) is not None
+        self._exact_storage = self.compact is None and _exact_storage(inner)
         self._lock = threading.Lock()
         self._plain_params: Dict[SearchParams, tuple] = {}
+
+    @property
+    def searched_index(self) -> faiss.Index:
+        """The faiss index searches run on (the shard's, without its id map)."""
+        return self._inner
+
+    @property
+    def labels_in_order(self) -> bool:
+        """Whether the index's labels follow the shard's rows (no permutation)."""
+        return self._perm is None
 
     # --- labels ------------------------------------------------------------------------
 

@@ -19,11 +19,12 @@ import pyarrow.compute as pc
 
 from mmsearch.errors import ImageError, InputError
 from mmsearch.images import load_image
-from mmsearch.index_format import Manifest, ShardInfo, manifest_path, read_manifest, store_path
+from mmsearch.index_format import Manifest, ShardInfo, manifest_path, read_manifest, read_trained_template, store_path
 from mmsearch.multivector import maxsim_scores
 
 from .filtered import RowMask
 from .filters import Filter
+from .joined import JoinedShard, join_shards
 from .params import SearchParams
 from .shard import Shard
 from .tombstones import StoreView
@@ -49,7 +50,7 @@ def _key(info: ShardInfo) -> tuple:
 class IndexView:
     """Shards, tombstones and metadata of one manifest version; thread-safe."""
 
-    def __init__(self, path: Path, previous: Optional["IndexView"] = None):
+    def __init__(self, path: Path, previous: Optional["IndexView"] = None, join: bool = True):
         self.path = path
         self._manifest_path = str(manifest_path(path))  # a str: checked on every call, keep it cheap
         self.stamp = manifest_stamp(self._manifest_path)  # taken first: a change while reading shows next time
@@ -68,10 +69,40 @@ class IndexView:
         self.store = StoreView(store_path(path), self.starts, self.ends)
         self._lock = threading.Lock()
         self._masks: "OrderedDict[tuple, List[Optional[RowMask]]]" = OrderedDict()
+        self._join = join and len(self.shards) > 1 and self.manifest.faiss.trained_path is not None
+        self._joined: Optional[JoinedShard] = None
+        self._joined_masks: Dict[int, Tuple[list, RowMask]] = {}
 
     def is_current(self) -> bool:
         return manifest_stamp(self._manifest_path) == self.stamp
 
+
+    def joined(self) -> Optional[JoinedShard]:
+        """The shards as one index (`mmsearch.query.joined`), joined on first use; None
+        when they are not joinable or joining is off."""
+        if self._joined is not None or not self._join:  # the common case, without the lock
+            return self._joined
+        with self._lock:
+            if self._join and self._joined is None:
+                self._joined = join_shards(self.shards, read_trained_template(self.path, self.manifest.faiss))
+                self._join = self._joined is not None
+            return self._joined
+
+    def joined_mask(self, masks: List[Optional[RowMask]]) -> Optional[RowMask]:
+        """`masks` (one per shard, as `masks` returns them) as one mask over the joined rows."""
+        if all(m is None for m in masks):
+            return None
+        with self._lock:
+            entry = self._joined_masks.get(id(masks))
+            if entry is not None and entry[0] is masks:
+                return entry[1]
+        mask = RowMask(np.concatenate([m.mask if m is not None else np.ones(s.rows, dtype=bool)
+                                       for s, m in zip(self.shards, masks)]))
+        with self._lock:
+            if len(self._joined_masks) >= _MASK_CACHE_SIZE:
+                self._joined_masks.clear()
+            self._joined_masks[id(masks)] = (masks, mask)  # the list is kept: its id stays unique
+        return mask
 
     def check_columns(self, filt: Optional[Filter]) -> None:
         unknown = [c for c in filt.columns if c not in self.columns] if filt is not None else []
