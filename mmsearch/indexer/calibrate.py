@@ -166,3 +166,19 @@ def seconds_per_query(index, queries: np.ndarray, k: int, params, repeat: int = 
         index.search(queries, k, params=params)
         best = min(best, timer() - t0)
     return best / max(len(queries), 1)
+
+
+def head_to_head(contenders, queries: np.ndarray, k: int, rounds: int = 5) -> list:
+    """Seconds per query of each (index, faiss params), timed in interleaved rounds (best
+    of `rounds`): load from other processes then hits every contender alike, where
+    settings timed minutes apart (each in its own sweep) can differ by 30% on a busy machine."""
+    for index, params in contenders:  # warm-up
+        index.search(queries, k, params=params)
+    best = [float("inf")] * len(contenders)
+    for _ in range(rounds):
+        for i, (index, params) in enumerate(contenders):
+            t0 = time.perf_counter()
+            index.search(queries, k, params=params)
+            best[i] = min(best[i], time.perf_counter() - t0)
+    return [b / max(len(queries), 1) for b in best]
+
