@@ -229,6 +229,29 @@ def test_a_few_steps_lower_the_loss_and_the_output_loads(tmp_path, tiny_dir, dat
     assert card["result"]["steps"] == 30
 
 
+def test_matryoshka_export_records_its_sizes_and_loads_truncated(tmp_path, tiny_dir, data_dir):
+    """A model trained with the MRL loss can be loaded at the sizes it was trained for (its
+    config's matryoshka_dims, as jina-v4 names its own); other sizes, and any size of a model
+    trained without the loss, are refused."""
+    tiny = tiny_dir("qwen2_vl")
+    settings = _settings(tmp_path, tiny, data=data_dir / "t2i.jsonl", max_steps=2, matryoshka=(16, 32))
+    Trainer(settings).run()
+    full = mmsearch.load_encoder(settings.out, device="cpu")
+    small = mmsearch.load_encoder(settings.out, device="cpu", dim=16)
+    assert json.loads((Path(settings.out) / "config.json").read_text())["matryoshka_dims"] == [16, 32]
+    items = [mmsearch.Item(id="a", text="A red picture."), mmsearch.Item(id="b", image=str(data_dir / "img/red.png"))]
+    x, y = full.encode(items), small.encode(items)
+    expected = x[:, :16] / np.linalg.norm(x[:, :16], axis=1, keepdims=True)
+    assert small.dim == 16 and y.shape == (2, 16)
+    np.testing.assert_allclose(y, expected, atol=1e-5)
+    with pytest.raises(mmsearch.errors.ModelLoadError, match="valid: 16, 32"):
+        mmsearch.load_encoder(settings.out, device="cpu", dim=24)
+    plain = _settings(tmp_path, tiny, data=data_dir / "t2i.jsonl", max_steps=1, name="plain")
+    Trainer(plain).run()
+    with pytest.raises(mmsearch.errors.ModelLoadError, match="no Matryoshka sizes"):
+        mmsearch.load_encoder(plain.out, device="cpu", dim=16)
+
+
 def test_lora_adapter_export_loads(tmp_path, tiny_dir, data_dir):
     tiny = tiny_dir("qwen2_vl")
     settings = _settings(tmp_path, tiny, data=data_dir / "mixed.jsonl", max_steps=2,

@@ -168,7 +168,7 @@ class Recipe:
         which take the place of the recipe's."""
         if dim is None or dim == full:
             return None
-        if not self.matryoshka and self.matryoshka_min is None:
+        if not listed and not self.matryoshka and self.matryoshka_min is None:
             raise ModelLoadError(f"dim={dim!r}: the {self.name} family has no Matryoshka sizes; "
                                  f"its vectors have {full} dimensions")
         sizes = tuple(listed) if listed else self.matryoshka

@@ -18,7 +18,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -65,8 +65,11 @@ def load_checkpoint(path: Path) -> dict:
     return torch.load(Path(path) / STATE_FILE, map_location="cpu", weights_only=True)
 
 
-def export_model(model, out: Path, save_adapter: bool, base: Optional[str], card: dict) -> Path:
-    """Write the trained model into `out` (see the module docstring)."""
+def export_model(model, out: Path, save_adapter: bool, base: Optional[str], card: dict,
+                 matryoshka: Sequence[int] = ()) -> Path:
+    """Write the trained model into `out` (see the module docstring). `matryoshka`: the sizes
+    the MRL loss trained, recorded as the config's ``matryoshka_dims`` (as jina-v4's config
+    names its own), so that `--dim` accepts them for this checkpoint."""
     from ..encoders.loading import write_model_card
     from .init import copy_processor_files
 
@@ -78,6 +81,8 @@ def export_model(model, out: Path, save_adapter: bool, base: Optional[str], card
     else:
         net = model.peft_model.merge_and_unload() if model.peft_model is not None else model.module
         model.encoder.model, model.peft_model = net, None
+        if matryoshka:
+            net.config.matryoshka_dims = sorted(set(matryoshka))
         net.save_pretrained(str(out))
     copy_processor_files(model.encoder.processor_dir, out)
     write_model_card(out, model.encoder.family, model.encoder.model_tasks)  # how the model embeds

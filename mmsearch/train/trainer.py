@@ -300,7 +300,7 @@ class Trainer:
         base = ckpt.base_reference(self.model.base) if s.save_adapter else None
         card = {"mmsearch_version": __version__, "base_model": s.model or "scratch", "result": result.to_dict(),
                 "settings": dataclasses.asdict(s), "skipped_rows": dict(self.data.skipped)}
-        ckpt.export_model(self.model, self.out, s.save_adapter, base, card)
+        ckpt.export_model(self.model, self.out, s.save_adapter, base, card, matryoshka=s.matryoshka)
         log.info("saved the trained model to %s (%d steps, %.0f s)", self.out, self.step, seconds)
         return result
 
