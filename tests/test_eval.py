@@ -150,3 +150,23 @@ def test_mmeb_hit_at_1_equals_independent_scoring(tmp_path, tiny_encoder):
         assert r.hit_at_1 == pytest.approx(np.mean(hits)) and r.queries == len(rows)
     summary = summarize(results, task_table(root))
     assert set(summary) >= {"overall"} and 0 <= summary["overall"] <= 1
+
+
+def test_mbeir_pools_as_compact_codes(mbeir_root, tmp_path, tiny_encoder):
+    """`build_options` index the pools as compact codes: binary codes rescored over the whole
+    pool rank exactly as float32 does; without rescoring, the Hamming order is another one."""
+    enc = tiny_encoder("qwen2_vl")
+    pair = ("synthshapes_task0",)
+
+    def runs(work, **build):
+        s = MBeirSettings(root=mbeir_root, work=work, pools=("local",), pairs=pair, build_options=build)
+        result = run_mbeir(s, enc)[0]
+        assert result.error is None, result.error
+        return read_trec_run(work / "runs" / "local" / "synthshapes_task0_test.trec")
+
+    exact = runs(tmp_path / "f32")
+    assert runs(tmp_path / "bin", precision="binary", oversample=1000.0) == exact
+    hamming = runs(tmp_path / "bin_plain", precision="binary", rescore=False)
+    assert hamming != exact
+    manifests = [json.loads(p.read_text()) for p in (tmp_path / "bin_plain").rglob("manifest.json")]
+    assert manifests and all(m["compact"]["precision"] == "binary" for m in manifests)

@@ -15,6 +15,7 @@ from PIL import Image
 
 import mmsearch
 from mmsearch.errors import InputError
+from mmsearch.indexer.compact_plan import matryoshka_sizes
 from mmsearch.train import LoraSettings, MiningSettings, ScratchSettings, TrainSettings, train
 from mmsearch.train.data import Side, normalise_text, read_train_data
 from mmsearch.train.distill import Distiller, Targets
@@ -243,6 +244,7 @@ def test_matryoshka_export_records_its_sizes_and_loads_truncated(tmp_path, tiny_
     x, y = full.encode(items), small.encode(items)
     expected = x[:, :16] / np.linalg.norm(x[:, :16], axis=1, keepdims=True)
     assert small.dim == 16 and y.shape == (2, 16)
+    assert matryoshka_sizes(full) == (full.dim, 32, 16)  # what an index build may truncate to
     np.testing.assert_allclose(y, expected, atol=1e-5)
     with pytest.raises(mmsearch.errors.ModelLoadError, match="valid: 16, 32"):
         mmsearch.load_encoder(settings.out, device="cpu", dim=24)

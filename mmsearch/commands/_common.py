@@ -83,3 +83,27 @@ def int_range(lo: int, hi: int = None):
         return value
 
     return parse
+
+
+def add_compact_args(p, build: dict) -> None:
+    """--precision, --oversample, --no-rescore, --keep-full-vectors: the compact codes of an
+    index build (`build`: BuildSettings' defaults)."""
+    p.add_argument("--precision", default=None, choices=("float32", "float16", "int8", "binary", "auto"),
+                   help="codes the first stage searches (int8: per-dimension ranges calibrated on the corpus; "
+                        "binary: sign bits, Hamming); candidates are then rescored from the stored vectors. auto: "
+                        "--memory-budget picks dim and precision by measuring (default: float32, auto when "
+                        "--index auto and the float32 vectors exceed --memory-budget)")
+    p.add_argument("--oversample", type=float, default=build["oversample"],
+                   help="compact codes: first-stage candidates per hit to rescore (default: %(default)s)")
+    p.add_argument("--no-rescore", dest="rescore", action="store_false",
+                   help="compact codes: return the first stage's order, without rescoring")
+    p.add_argument("--keep-full-vectors", dest="keep_full", action="store_true",
+                   help="with --dim: encode at the model's full size, index the truncation, and keep the full "
+                        "vectors on disk (memory-mapped, not in RAM) for rescoring")
+
+
+def compact_options(args) -> dict:
+    """BuildSettings keyword arguments from the options `add_compact_args` adds."""
+    return {"precision": args.precision, "oversample": args.oversample, "rescore": args.rescore,
+            "keep_full": args.keep_full}
+

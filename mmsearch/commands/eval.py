@@ -5,7 +5,8 @@ import sys
 import time
 from pathlib import Path
 
-from ._common import add_family_arg, encoder_options, plural, print_json
+from ..indexer.settings import BuildSettings
+from ._common import add_compact_args, add_family_arg, compact_options, defaults, encoder_options, plural, print_json
 
 
 def register(sub) -> None:
@@ -24,6 +25,7 @@ def register(sub) -> None:
     m.add_argument("--seed", type=int, default=0, help="seed for --prompt random")
     m.add_argument("--index", default="auto", help="faiss index for the pools (auto, Flat, HNSW32, ...)")
     m.add_argument("--fresh", action="store_true", help="recompute pairs already finished in --work")
+    add_compact_args(m, defaults(BuildSettings))  # pools indexed as compact codes: one --work per setting
     _common(m, "mbeir")
     m.set_defaults(handler=run_mbeir)
     e = esub.add_parser("mmeb", help="MMEB: each query against its own candidates (hit@1)")
@@ -93,13 +95,17 @@ def run_mbeir(args) -> int:
         raise InputError(f"M-BEIR root {args.root} is not a folder; expected query/, cand_pool/, qrels/ and "
                          f"instructions/ under it")
     pools = ("local", "global") if args.pool == "both" else (args.pool,)
+    build, enc_options = compact_options(args), encoder_options(args)
+    if args.keep_full and args.dim:  # the index truncates (and keeps the full vectors to rescore with)
+        build["dim"] = enc_options.pop("dim")
     s = MBeirSettings(root=Path(args.root), work=work, split=args.split, pairs=args.pairs, pools=pools,
                       prompt=args.prompt, seed=args.seed, batch_size=args.batch_size, index=args.index,
-                      fresh=args.fresh, show_progress=not args.no_progress)
+                      fresh=args.fresh, show_progress=not args.no_progress, build_options=build)
     start = time.perf_counter()
-    enc = load_encoder(args.model, device=args.device, dtype=args.dtype, **encoder_options(args))
+    enc = load_encoder(args.model, device=args.device, dtype=args.dtype, **enc_options)
     results = run_mbeir(s, enc)
     header = _header(enc, root=args.root, split=args.split, prompt=args.prompt, index=args.index,
+                     compact=build if build["precision"] or build["keep_full"] else None,
                      elapsed_seconds=round(time.perf_counter() - start, 1))
     paths = mbeir_report(work, results, header)
     return _finish(args, paths, any(r.error for r in results), plural(len(results), "pair run", "pair runs"),

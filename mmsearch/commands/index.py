@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..index_format import QUERY_BANK_FILE, QUERY_BANK_INFO_FILE, errors_path
 from ..indexer.settings import BuildSettings
-from ._common import add_family_arg, defaults, encoder_options, plural, print_json
+from ._common import add_compact_args, add_family_arg, compact_options, defaults, encoder_options, plural, print_json
 
 BUILD = defaults(BuildSettings)
 # the indexer's source kinds (mmsearch.indexer.sources.KINDS; a test keeps them equal), named here so that
@@ -117,18 +117,7 @@ def _build_parser(isub) -> None:
                    help="recall@10 that auto's index choice and search defaults are calibrated to, on held-out "
                         "queries (default: %(default)s)")
     b.add_argument("--shard-size", type=int, default=BUILD["shard_size"], help="rows per shard (default: %(default)s)")
-    b.add_argument("--precision", default=None, choices=("float32", "float16", "int8", "binary", "auto"),
-                   help="codes the first stage searches (int8: per-dimension ranges calibrated on the corpus; "
-                        "binary: sign bits, Hamming); candidates are then rescored from the stored vectors. auto: "
-                        "--memory-budget picks dim and precision by measuring (default: float32, auto when "
-                        "--index auto and the float32 vectors exceed --memory-budget)")
-    b.add_argument("--oversample", type=float, default=BUILD["oversample"],
-                   help="compact codes: first-stage candidates per hit to rescore (default: %(default)s)")
-    b.add_argument("--no-rescore", dest="rescore", action="store_false",
-                   help="compact codes: return the first stage's order, without rescoring")
-    b.add_argument("--keep-full-vectors", dest="keep_full", action="store_true",
-                   help="with --dim: encode at the model's full size, index the truncation, and keep the full "
-                        "vectors on disk (memory-mapped, not in RAM) for rescoring")
+    add_compact_args(b, BUILD)
     b.add_argument("--text-fields", default=None, metavar="COLS",
                    help="columns to index for lexical (BM25) search, e.g. text,caption,title; a PDF page's text "
                         "layer (page_text) joins them. Enables `search --mode lexical|hybrid` (needs tantivy)")
@@ -263,8 +252,7 @@ def run_build(args) -> int:
     opts.update(encoder_options(args))
     opts.update(task=args.task, instruction=args.instruction, index=args.index,
                 memory_budget=parse_size(args.memory_budget), shard_size=args.shard_size, query_bank=args.query_bank,
-                recall_target=args.target_recall, precision=args.precision, oversample=args.oversample,
-                rescore=args.rescore, keep_full=args.keep_full, text_fields=args.text_fields)
+                recall_target=args.target_recall, text_fields=args.text_fields, **compact_options(args))
     opts.update(token_precision=args.token_precision, fde=args.fde, candidates=args.candidates)
     return _finish(lambda: build_index(args.sources, args.out, model=args.model, overwrite=args.overwrite, **opts), args)
 

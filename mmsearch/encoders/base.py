@@ -11,7 +11,7 @@ import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
@@ -125,6 +125,7 @@ class Encoder(ABC):
     max_pixels: Optional[int] = None
     multi_vector: bool = False  # True: `encode(..., multi_vector=True)` gives token matrices (`multivector`)
     model_tasks: Mapping = MappingProxyType({})  # the model's own task prompts: name -> (query, candidate)
+    matryoshka_dims: Optional[Tuple[int, ...]] = None  # sizes the checkpoint's config names (else its family's)
 
     def __init__(self, model, *, backbone: str, recipe: "Recipe", name: str, device, dtype, fingerprint: str,
                  max_pixels: Optional[int] = None):

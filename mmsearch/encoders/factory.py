@@ -112,6 +112,7 @@ def load_encoder(
     enc = VLMEncoder(net, processor, preset=ck.preset, processor_dir=proc_dir, tasks=ck.tasks, **common)
     listed = getattr(net.config, "matryoshka_dims", None)  # a checkpoint may name its own sizes
     enc.dim = ck.recipe.check_dim(dim, enc.full_dim, listed) or enc.full_dim
+    enc.matryoshka_dims = tuple(listed) if listed else None
     return enc
 
 
@@ -162,6 +163,7 @@ def load_text_encoder(model=None, device: str = "auto", *, family: Optional[str]
                                        max_image_pixels=max_image_pixels, **overrides),
         backbone=ck.backbone, recipe=ck.recipe, name=_record_name(DEFAULT_MODEL if model is None else model),
         device="cpu", dtype="float32", fingerprint=_fingerprint(ck), max_pixels=max_image_pixels)
+    enc.matryoshka_dims = tuple(listed) if listed else None
     return enc, ""
 
 

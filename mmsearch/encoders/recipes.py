@@ -186,6 +186,17 @@ class Recipe:
             raise ModelLoadError(f"dim={dim!r} is not a Matryoshka size of the {self.name} family; valid: {valid}")
         return dim
 
+    def sizes(self, full: int, listed: Optional[Sequence[int]] = None) -> Tuple[int, ...]:
+        """The Matryoshka sizes below `full` that `check_dim` accepts, largest first: `listed`
+        (the checkpoint's own) or the family's, or halvings of `full` down to its lowest size."""
+        sizes = {d for d in (listed or self.matryoshka) if d < full}
+        if self.matryoshka_min and not listed:
+            d = full // 2
+            while d >= self.matryoshka_min:
+                sizes.add(d)
+                d //= 2
+        return tuple(sorted(sizes, reverse=True))
+
     def with_overrides(self, **changes) -> "Recipe":
         return replace(self, **changes)
 

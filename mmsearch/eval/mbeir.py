@@ -14,7 +14,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -55,6 +55,7 @@ class MBeirSettings:
     index: str = "auto"
     fresh: bool = False
     show_progress: bool = False
+    build_options: Mapping[str, Any] = field(default_factory=dict)  # more build_index settings (compact codes)
 
 
 def _prompt_table(root: Path) -> Dict[tuple, tuple]:
@@ -104,7 +105,7 @@ def _index_pool(pool: Path, out: Path, s: MBeirSettings, encoder) -> "object":
         raise InputError(f"candidate pool {pool} does not exist")
     r = build_index([pool], out, encoder=encoder, index=s.index, source_kind="mbeir",
                     source_options={"root": str(s.root)}, batch_size=s.batch_size, thumbnails=False,
-                    show_progress=s.show_progress)
+                    show_progress=s.show_progress, **s.build_options)
     if r.rows == 0:
         raise InputError(f"candidate pool {pool} is empty (or every candidate was rejected; see "
                          f"{errors_path(out)})")

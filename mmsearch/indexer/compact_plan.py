@@ -75,7 +75,7 @@ def _check_size(encoder, dim: int) -> None:
     """A Matryoshka size the encoder's family allows (ModelLoadError naming the valid ones)."""
     recipe = getattr(encoder, "recipe", None)
     if recipe is not None:
-        recipe.check_dim(dim, int(encoder.dim))
+        recipe.check_dim(dim, int(encoder.dim), getattr(encoder, "matryoshka_dims", None))
     elif not 0 < dim < int(encoder.dim):
         raise InputError(f"dim={dim}: the model's vectors have {encoder.dim} dimensions")
 
@@ -103,15 +103,7 @@ def matryoshka_sizes(encoder) -> Tuple[int, ...]:
     """The sizes `encoder`'s vectors may be truncated to, largest first (its own dim first)."""
     dim = int(encoder.dim)
     recipe = getattr(encoder, "recipe", None)
-    listed = tuple(getattr(recipe, "matryoshka", ()) or ())
-    lowest = getattr(recipe, "matryoshka_min", None)
-    sizes = {d for d in listed if d < dim}
-    if lowest:
-        d = dim // 2
-        while d >= lowest:
-            sizes.add(d)
-            d //= 2
-    return (dim,) + tuple(sorted(sizes, reverse=True))
+    return (dim,) + (recipe.sizes(dim, getattr(encoder, "matryoshka_dims", None)) if recipe is not None else ())
 
 
 def candidates(full_dim: int, sizes: Sequence[int], n_rows: int, budget: Optional[int], oversample: float,
