@@ -43,6 +43,7 @@ _EXPORTS = {
                "load_shard_vectors", "load_shard_tokens"),
     "tokens": ("TOKEN_PRECISIONS", "FDE_DEFAULTS", "DEFAULT_CANDIDATES", "MultiVectorSpec", "TokenMatrix"),
     "codes": ("PRECISIONS", "CODE_BYTES", "CALIBRATION_ROWS", "CompactSpec", "CompactIndex", "faiss_factory",
+              "factory_lists", "train_binary_lists",
               "first_stage_vectors", "int8_ranges", "quantize_int8", "dequantize_int8", "binarize",
               "hamming_scores", "first_stage_queries", "first_stage_scores", "rescore", "is_binary", "downcast"),
     "lexical": ("LEXICAL_KEY", "PAGE_TEXT", "BODY", "ROW", "parse_text_fields", "lexical_extra", "lexical_fields",

@@ -41,6 +41,7 @@ DEFAULT_OVERSAMPLE = 4.0
 CALIBRATION_ROWS = 10_000      # int8 ranges: min/max per dimension over this many rows of the corpus
 _SQ = {"float16": "SQfp16", "int8": "SQ8"}
 _GRAPH = re.compile(r"^HNSW(\d+)$")
+_LISTS = re.compile(r"^IVF(\d+)$")
 _QUERY_BLOCK = 256  # queries per block of gathered candidate vectors (bounds memory)
 
 
@@ -242,12 +243,16 @@ def rescore(xq: np.ndarray, I: np.ndarray, vectors_of: Callable[[np.ndarray], np
 # --- faiss indexes ------------------------------------------------------------------------------
 
 def faiss_factory(precision: str, base: str) -> str:
-    """The faiss factory string storing `precision` codes with first stage `base` ("Flat" or
-    "HNSW<M>"): e.g. ("int8", "HNSW32") -> "HNSW32,SQ8", ("binary", "Flat") -> "BFlat"."""
-    graph = _GRAPH.match(base)
+    """The faiss factory string storing `precision` codes with first stage `base` ("Flat",
+    "HNSW<M>", or for binary codes "IVF<nlist>"): e.g. ("int8", "HNSW32") -> "HNSW32,SQ8",
+    ("binary", "Flat") -> "BFlat", ("binary", "IVF1024") -> "BIVF1024"."""
+    graph, lists = _GRAPH.match(base), _LISTS.match(base)
+    if precision == "binary" and lists is not None:
+        return f"BIVF{lists.group(1)}"
     if base != "Flat" and graph is None:
         raise InputError(f"--index {base!r} with precision {precision!r}: compact codes are searched by a Flat "
-                         f"or HNSW<M> first stage (e.g. --index Flat, --index HNSW32), or use precision float32")
+                         f"or HNSW<M> first stage (e.g. --index Flat, --index HNSW32; binary codes also "
+                         f"IVF<nlist>), or use precision float32")
     if precision == "float32":
         return base
     if precision == "binary":
@@ -255,9 +260,29 @@ def faiss_factory(precision: str, base: str) -> str:
     return _SQ[precision] if graph is None else f"{base},{_SQ[precision]}"
 
 
+def factory_lists(factory: str) -> int:
+    """The inverted lists a binary IVF factory ("BIVF<nlist>") trains, else 0."""
+    match = re.match(r"^BIVF(\d+)$", factory)
+    return int(match.group(1)) if match else 0
+
+
+def train_binary_lists(spec: CompactSpec, factory: str, sample: np.ndarray):
+    """A binary IVF index (`factory`, "BIVF<nlist>") trained on the codes of `sample`."""
+    nlist = factory_lists(factory)
+    if sample is None or len(sample) < nlist:
+        raise InputError(f"index {factory!r} needs at least {nlist} vectors to train its lists, the corpus gave "
+                         f"{0 if sample is None else len(sample)}; pass a smaller IVF<nlist> or --index Flat")
+    index = faiss.index_binary_factory(spec.dim, factory)
+    index.train(binarize(first_stage_vectors(np.asarray(sample, np.float32), spec.dim)))
+    return index
+
+
 def empty_faiss_index(spec: CompactSpec, factory: str, metric: int):
     """An empty faiss index of `factory` (see `faiss_factory`) for `spec`'s codes, trained
-    (int8: the calibrated ranges) and ready to add to."""
+    (int8: the calibrated ranges) and ready to add to. Binary IVF lists need a trained
+    template instead (`train_binary_lists`)."""
+    if factory_lists(factory):
+        raise IndexFormatError(f"index {factory!r} is trained on the corpus: fill a copy of its trained template")
     if spec.precision == "binary":
         index = faiss.index_binary_factory(spec.dim, factory)
     else:
@@ -282,11 +307,12 @@ class CompactIndex:
     """A shard index being filled: takes full vectors, stores `spec`'s codes in `faiss`.
 
     ``d`` is the width of the vectors it takes (the model's), ``faiss`` the index written
-    to the shard (an id map around the codes)."""
+    to the shard (an id map around the codes). `template`: the index's trained binary IVF
+    (a fresh copy, filled here) instead of a new empty index."""
 
-    def __init__(self, spec: CompactSpec, factory: str, metric: int):
+    def __init__(self, spec: CompactSpec, factory: str, metric: int, template=None):
         self.spec = spec
-        inner = empty_faiss_index(spec, factory, metric)
+        inner = template if template is not None else empty_faiss_index(spec, factory, metric)
         self.faiss = faiss.IndexBinaryIDMap(inner) if spec.precision == "binary" else faiss.IndexIDMap(inner)
         self._inner = inner  # the id map does not own it
         self.d = spec.full_dim

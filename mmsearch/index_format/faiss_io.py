@@ -11,7 +11,7 @@ import numpy as np
 
 from mmsearch.errors import IndexFormatError
 
-from .codes import CompactIndex, downcast
+from .codes import CompactIndex, downcast, is_binary
 from .durable import atomic_write_bytes
 from .layout import TRAINED_FILE, PathLike, trained_template_path
 from .manifest import FaissSpec, FileInfo, Manifest
@@ -84,11 +84,11 @@ def faiss_id_problem(index: faiss.Index, id_start: int, rows: int) -> Optional[s
 def write_trained_template(index_dir: PathLike, index: faiss.Index, factory: str,
                            search_params: Optional[Mapping] = None) -> FaissSpec:
     """Save a trained, empty index as ``INDEX/trained.faiss``; returns the spec to record."""
-    index = faiss_index_to_cpu(index)
+    index = index if is_binary(index) else faiss_index_to_cpu(index)
     if not index.is_trained or index.ntotal:
         raise IndexFormatError(f"a template must be trained and empty; got is_trained="
                                f"{index.is_trained}, ntotal={index.ntotal}")
-    data = faiss.serialize_index(index).tobytes()
+    data = (faiss.serialize_index_binary if is_binary(index) else faiss.serialize_index)(index).tobytes()
     atomic_write_bytes(trained_template_path(index_dir), data)
     info = FileInfo(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
     return FaissSpec(factory, TRAINED_FILE, info, search_params or {})
@@ -105,7 +105,8 @@ def read_trained_template(index_dir: PathLike, spec: FaissSpec) -> faiss.Index:
         raise IndexFormatError(f"cannot read the trained template {path}: {e}") from e
     if hashlib.sha256(data).hexdigest() != spec.trained_file.sha256:
         raise IndexFormatError(f"trained template {path}: sha256 does not match the manifest")
-    return faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+    binary = data[:2] == b"IB"  # faiss's binary fourccs (a binary IVF's lists for compact codes)
+    return (faiss.deserialize_index_binary if binary else faiss.deserialize_index)(np.frombuffer(data, dtype=np.uint8))
 
 
 def new_shard_index(index_dir: PathLike, manifest: Manifest) -> faiss.Index:
@@ -116,7 +117,8 @@ def new_shard_index(index_dir: PathLike, manifest: Manifest) -> faiss.Index:
     rescoring live in vectors.npy)."""
     spec = manifest.faiss
     if manifest.compact is not None:  # truncated / quantised codes of the vectors added (see .codes)
-        return CompactIndex(manifest.compact, spec.factory, faiss_metric(manifest.metric))
+        template = read_trained_template(index_dir, spec) if spec.trained_path is not None else None
+        return CompactIndex(manifest.compact, spec.factory, faiss_metric(manifest.metric), template)
     if spec.trained_path is not None:
         index = read_trained_template(index_dir, spec)
     else:

@@ -22,7 +22,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import InputError
-from ..index_format import (CompactIndex, CompactSpec, faiss_factory, faiss_metric,
+from ..index_format import (CompactIndex, CompactSpec, factory_lists, faiss_factory, faiss_metric,
                             first_stage_queries, rescore)
 from . import calibrate as cal
 from . import planner
@@ -55,7 +55,8 @@ def apply(make_plan, settings, encoder, known, rows, sizes: Optional[Sequence[in
         if asked.truncated and sizes is None:
             _check_size(encoder, asked.dim)
         base = settings.index if settings.index != "auto" else _auto_base(asked, rows())
-        return planner.Plan(faiss_factory(asked.precision, base), compact=(asked,))
+        factory = faiss_factory(asked.precision, base)
+        return planner.Plan(factory, nlist=factory_lists(factory), compact=(asked,))
     n = rows() if settings.index == "auto" or settings.precision == "auto" else 0
     if not wants_auto(settings, full, n):
         return make_plan()
@@ -208,3 +209,28 @@ def first_stage(spec: CompactSpec, base: np.ndarray):
     index = CompactIndex(spec, faiss_factory(spec.precision, "Flat"), faiss_metric("inner_product"))
     index.add_with_ids(base, np.arange(len(base), dtype=np.int64))
     return index
+
+
+def tune_lists(spec: CompactSpec, factory: str, template, sample: np.ndarray, target: float,
+               k: int = 10) -> Tuple[dict, dict]:
+    """The fewest lists a binary IVF first stage (`template`, trained) must probe for the two
+    stages (codes, then rescoring of ``oversample * k`` candidates) to reach `target` on
+    held-out rows of `sample`: ({"nprobe": n}, what was measured for the manifest)."""
+    import faiss
+
+    base, queries = cal.held_out_split(np.asarray(sample, np.float32))
+    truth = cal.exact_neighbours(base, queries, k)
+    index = CompactIndex(spec, factory, faiss_metric("inner_product"), faiss.clone_binary_index(template))
+    index.add_with_ids(base, np.arange(len(base), dtype=np.int64))
+    xc, depth, aim = first_stage_queries(spec, queries), spec.depth(k, len(base)), min(target + cal.MARGIN, 1.0)
+    nlist = int(template.nlist)
+    recall, nprobe = 0.0, nlist
+    for nprobe in [p for p in cal.NPROBES if p < nlist] + [nlist]:
+        _, I = index.faiss.search(xc, depth, params=faiss.SearchParametersIVF(nprobe=nprobe))
+        found = rescore(queries, I, lambda rows: base[rows], k)[1] if spec.rescore else I[:, :k]
+        recall = cal.recall(found, truth)
+        if recall >= aim:
+            break
+    return {"nprobe": nprobe}, {"recall_at_10": round(recall, 4), "target": target, "queries": len(queries),
+                                "rows": len(base), "held_out": "sample rows not indexed", "nprobe": nprobe}
+

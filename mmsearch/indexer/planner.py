@@ -134,10 +134,11 @@ def _ivf_of(index):
 def train_size(p: Plan, requested: Optional[int]) -> int:
     if not p.needs_training:
         return 0
-    if p.compact:
-        return int(requested or p.compact_sample)
     low, high = TRAIN_PER_LIST
-    return int(requested or min(high * p.nlist, max(low * p.nlist, TRAIN_MIN)))
+    lists = min(high * p.nlist, max(low * p.nlist, TRAIN_MIN)) if p.nlist else 0
+    if p.compact:  # a binary IVF's lists, and the codes' own calibration or choice
+        return int(requested or max(p.compact_sample, lists))
+    return int(requested or lists)
 
 
 def empty_index(factory: str, dim: int):

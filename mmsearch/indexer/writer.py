@@ -15,9 +15,9 @@ from typing import Any, Callable, List, Mapping, Optional, Tuple
 import numpy as np
 
 from ..errors import InputError
-from ..index_format import (FaissSpec, faiss_factory, Manifest, ModelInfo, MultiVectorSpec, ShardInfo, TokenMatrix,
-                            build_meta_table, new_shard_index, open_shard_meta, read_manifest, shard_name,
-                            write_manifest, write_shard, write_trained_template)
+from ..index_format import (FaissSpec, faiss_factory, factory_lists, Manifest, ModelInfo, MultiVectorSpec, ShardInfo,
+                            TokenMatrix, build_meta_table, new_shard_index, open_shard_meta, read_manifest,
+                            shard_name, train_binary_lists, write_manifest, write_shard, write_trained_template)
 from ..store import Store
 from . import compact_plan, planner
 from .prepare import Prepared
@@ -109,6 +109,11 @@ def start_manifest(index_dir, model: ModelInfo, instructions: dict, plan: planne
     if plan.compact:  # compact codes (compact_plan): int8 calibrated / auto's choice measured on `sample`
         compact = compact_plan.settle(plan.compact, sample, recall_target, metric="inner_product")
         spec = FaissSpec(plan.factory if len(plan.compact) == 1 else faiss_factory(compact.precision, "Flat"))
+        if factory_lists(spec.factory):  # a binary IVF: its lists trained once, every shard a copy
+            template = train_binary_lists(compact, spec.factory, sample)
+            params, measured = compact_plan.tune_lists(compact, spec.factory, template, sample, recall_target)
+            spec = write_trained_template(index_dir, template, spec.factory, params)
+            spec = dataclasses.replace(spec, calibration=measured)
     elif plan.needs_training:
         if sample is None or len(sample) < plan.nlist:
             raise InputError(f"index {plan.factory!r} needs at least {plan.nlist} vectors to train, "

@@ -78,9 +78,9 @@ class JoinedShard(Shard):
 
 
 def _joinable(shard: Shard) -> bool:
-    inner = faiss.downcast_index(shard.searched_index)
     if shard.compact is not None or not shard.labels_in_order or not shard.has_ivf:
         return False
+    inner = faiss.downcast_index(shard.searched_index)
     if isinstance(inner, faiss.IndexRefine):
         base, storage = faiss.downcast_index(inner.base_index), faiss.downcast_index(inner.refine_index)
         return isinstance(base, faiss.IndexIVF) and type(storage) in (faiss.IndexFlat, faiss.IndexFlatIP,

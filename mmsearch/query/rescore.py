@@ -12,17 +12,20 @@ the same two stages when it chooses a precision.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import faiss
 
+from .params import SearchParams
 
-def binary_params(index, ef_search: Optional[int], sel=None):
-    """SearchParameters for a binary faiss index (HNSW: efSearch), with `sel`; None when plain."""
-    if sel is None and ef_search is None:
-        return None
+
+def binary_params(index, knobs: SearchParams, sel=None):
+    """SearchParameters for a binary faiss index (HNSW: efSearch; IVF: nprobe), with `sel`
+    (faiss refuses one for a binary IVF: the caller then post-filters); None when plain."""
     if isinstance(index, faiss.IndexBinaryHNSW):
-        params = faiss.SearchParametersHNSW(efSearch=int(ef_search or index.hnsw.efSearch))
+        params = faiss.SearchParametersHNSW(efSearch=int(knobs.efSearch or index.hnsw.efSearch))
+    elif isinstance(index, faiss.IndexBinaryIVF):
+        params = faiss.SearchParametersIVF(nprobe=int(min(knobs.nprobe or index.nprobe, index.nlist)))
+    elif sel is None:
+        return None
     else:
         params = faiss.SearchParameters()
     if sel is not None:

@@ -129,7 +129,7 @@ class Shard:
         xc = first_stage_queries(spec, xq)
         sel, keep = self._selector(local_rows) if local_rows is not None else (None, [])
         if is_binary(self._inner):
-            params = binary_params(self._inner, knobs.efSearch, sel)
+            params = binary_params(self._inner, knobs, sel)
         else:
             params, keep2 = build_faiss_params(self._inner, knobs, sel)
             keep.append(keep2)

@@ -69,7 +69,8 @@ class IndexView:
         self.store = StoreView(store_path(path), self.starts, self.ends)
         self._lock = threading.Lock()
         self._masks: "OrderedDict[tuple, List[Optional[RowMask]]]" = OrderedDict()
-        self._join = join and len(self.shards) > 1 and self.manifest.faiss.trained_path is not None
+        self._join = (join and len(self.shards) > 1 and self.manifest.compact is None
+                      and self.manifest.faiss.trained_path is not None)
         self._joined: Optional[JoinedShard] = None
         self._joined_masks: Dict[int, Tuple[list, RowMask]] = {}
 
