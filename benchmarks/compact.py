@@ -91,12 +91,15 @@ def _truncation_recall(x: np.ndarray, q: np.ndarray) -> dict:
     return out
 
 
-def settings(d: int):
-    """(name, precision, dim) of each index; float32 at full size is the exact baseline."""
+def settings(d: int, n: int):
+    """(name, precision, dim, first-stage index) of each index; float32 at full size (Flat) is the
+    exact baseline. The binary IVF has about 4 * sqrt(n) lists (the planner's rule for IVF)."""
     half, quarter = d // 2, d // 4
-    return [("float32", "float32", d), ("float16", "float16", d), ("int8", "int8", d), ("binary", "binary", d),
-            (f"float32@{half}", "float32", half), (f"float32@{quarter}", "float32", quarter),
-            (f"int8@{quarter}", "int8", quarter), (f"binary@{half}", "binary", half)]
+    lists = f"IVF{2 ** round(np.log2(4 * np.sqrt(n)))}"
+    return [("float32", "float32", d, "Flat"), ("float16", "float16", d, "Flat"), ("int8", "int8", d, "Flat"),
+            ("binary", "binary", d, "Flat"), (f"binary {lists}", "binary", d, lists),
+            (f"float32@{half}", "float32", half, "Flat"), (f"float32@{quarter}", "float32", quarter, "Flat"),
+            (f"int8@{quarter}", "int8", quarter, "Flat"), (f"binary@{half}", "binary", half, "Flat")]
 
 
 # --- the measuring child ----------------------------------------------------------------------
@@ -148,7 +151,9 @@ def child(index_dir: str, data: str) -> None:
                          "task_r_at_1": round(float(np.mean(found[:, 0] == asked)), 4)}
     searched = _status()
     print(json.dumps({"before": before, "opened": opened, "searched": searched, "modes": results,
-                      "manifest_compact": None if compact is None else compact.to_dict()}))
+                      "manifest_compact": None if compact is None else compact.to_dict(),
+                      "first_stage": {"factory": index.manifest.faiss.factory,
+                                      "search_params": dict(index.manifest.faiss.search_params)}}))
 
 
 # --- the run ------------------------------------------------------------------------------------
@@ -159,12 +164,12 @@ def measure(index_dir: Path, data: Path) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def build(out: Path, corpus: np.ndarray, precision: str, dim: int) -> float:
+def build(out: Path, corpus: np.ndarray, precision: str, dim: int, index: str) -> float:
     from mmsearch.indexer.vectors import index_vectors
 
     full = corpus.shape[1]
     t0 = time.perf_counter()
-    index_vectors(out, corpus, [str(i) for i in range(len(corpus))], index="Flat", shard_size=len(corpus),
+    index_vectors(out, corpus, [str(i) for i in range(len(corpus))], index=index, shard_size=len(corpus),
                   precision=None if precision == "float32" and dim == full else precision,
                   dim=dim if dim < full else None, oversample=4)
     return time.perf_counter() - t0
@@ -187,7 +192,7 @@ def row_of(name: str, precision: str, dim: int, full: int, m: dict, build_second
             "modes": modes,
             "rescore_ms_per_query": {k: round(v["ms_per_query"] - off["ms_per_query"], 3)
                                      for k, v in modes.items() if off and k != "off"},
-            "compact": m["manifest_compact"]}
+            "compact": m["manifest_compact"], "first_stage": m["first_stage"]}
 
 
 def markdown(result: dict) -> str:
@@ -224,9 +229,9 @@ def main() -> None:
     try:
         data = work / "queries.npz"
         np.savez(data, queries=queries, truth=truth, asked=asked)
-        for name, precision, dim in settings(d):
-            out = work / name.replace("@", "_")
-            seconds = build(out, corpus, precision, dim)
+        for name, precision, dim, index in settings(d, n):
+            out = work / name.replace("@", "_").replace(" ", "_")
+            seconds = build(out, corpus, precision, dim, index)
             rows.append(row_of(name, precision, dim, d, measure(out, data), seconds))
             print(json.dumps({k: rows[-1][k] for k in ("name", "bytes_per_vector", "rss_after_search")}),
                   {m: (v["recall_at_10"], v["qps"]) for m, v in rows[-1]["modes"].items()}, flush=True)

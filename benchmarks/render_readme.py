@@ -82,10 +82,25 @@ def overhead_section(so):
                    "added ms"], rows))
 
 
+def machine(env) -> str:
+    """Where and when a table was measured: date, CPU, cores."""
+    return f"{env.get('date')}, {env.get('cpu')}, {env.get('cores')} cores"
+
+
 def shards_section(sh):
-    return (f"**Shards at search time** (`benchmarks/shards.py`: {sh['n']:,} x {sh['dim']} as 1 shard and as "
-            f"{sh['shards'][1]} on the same vectors; ratio = sharded / one shard in QPS, "
-            "ANN rows at equal recall):\n\n" + (RESULTS / "shards.md").read_text())
+    return (f"**Shards at search time** (`benchmarks/shards.py`, {machine(sh['environment'])}: {sh['n']:,} x "
+            f"{sh['dim']} as 1 shard and as {sh['shards'][1]} on the same vectors; ratio = sharded / one shard in "
+            "QPS, ANN rows at equal recall. IVF shards of one trained template are searched as the one index they "
+            "slice (`mmsearch.query.joined`: their lists joined in RAM on the first search, results identical to a "
+            "one-shard build); the rows \"shards one by one\" are the same shards with `join_shards=False`. HNSW "
+            "graphs cannot be joined: each shard is a graph walk of its own):\n\n" + (RESULTS / "shards.md").read_text())
+
+
+def matryoshka_section(m):
+    return (f"**Matryoshka on the tiny model** (`benchmarks/matryoshka_tiny.py`, issue #25; {machine(m['environment'])}): "
+            f"the shipped mmsearch-tiny fine-tuned {m['steps']} steps on 8k scenes and 8k pages with the MRL loss "
+            f"(sizes {m['sizes']} and the full 192), and without it (the control, same data and steps), then "
+            f"`mmsearch eval mbeir` at each setting ({m['eval']}):\n\n" + (RESULTS / "matryoshka_tiny.md").read_text())
 
 
 def pipeline_section(ip, enc):
@@ -136,7 +151,8 @@ def query_section(qp, load_test):
         rows = [[name, r["rps"], r["p50_ms"], r["p99_ms"], r["errors"]] for name, r in (
             ("`mmsearch serve`, text searches", ours), ("plain FastAPI + `Index.search`, text searches", plain),
             ("`mmsearch serve`, the mix", mix))]
-        text += (f"\n\n**HTTP service** ({load_test['clients']} clients in a closed loop on loopback, "
+        text += (f"\n\n**HTTP service** ({machine(load_test['setup'])}; {load_test['clients']} clients in a closed "
+                 "loop on loopback, "
                  "`benchmarks/serve_load.py`; the mix adds image, more-like-this, item and thumbnail requests):\n\n"
                  + table(["server, load", "requests/s", "p50 ms", "p99 ms", "errors"], rows) +
                  f"\n\nWhere a text search's time goes in `mmsearch serve` (mean ms, from Server-Timing): {split}.")
@@ -220,6 +236,8 @@ def main():
         parts.append(query_section(load("query_path"), load("serve_load")))
     if load("lexical"):
         parts.append(lexical_section(load("lexical")))
+    if load("matryoshka_tiny"):
+        parts.append(matryoshka_section(load("matryoshka_tiny")))
     full_compact = sorted(p.stem for p in RESULTS.glob("compact_*x*.json"))
     for name in full_compact[-1:] or (["compact_quick"] if load("compact_quick") else []):
         parts.append(compact_section(name))

@@ -120,3 +120,18 @@ def test_shards_of_other_templates_or_kinds_are_not_joined(tmp_path, data):
     _build(tmp_path / "hnsw", x, "HNSW16", SHARD_SIZE)
     with open_index(tmp_path / "hnsw") as index:
         assert len(index.shards) == 3 and index.view().joined() is None
+
+
+def test_shards_too_big_for_memory_are_searched_one_by_one(tmp_path, data, monkeypatch):
+    """The joined copy lives in RAM: shards whose files exceed the budget are not joined, and
+    search still answers (shard by shard, exactly when every list is probed)."""
+    import mmsearch.query.view as view_module
+
+    x, q = data
+    _build(tmp_path / "idx", x, "IVF32,Flat", SHARD_SIZE)
+    monkeypatch.setattr(view_module, "join_budget", lambda: 1000)
+    with open_index(tmp_path / "idx") as index:
+        D, I = index.search_vectors(q, 10, params={"nprobe": 32})
+        assert index.view().joined() is None
+    _, truth = faiss.knn(q, x, 10, metric=faiss.METRIC_INNER_PRODUCT)
+    assert np.array_equal(I, truth)

@@ -11,16 +11,26 @@ single index back: the same results as a one-shard build, at its speed.
 
 The price is memory and open time: the joined copy lives in RAM (the shard files stay
 memory-mapped beside it, untouched unless a search falls back to them) and every code is
-copied once. `Index(join_shards=False)` keeps searching shard by shard.
+copied once. So shards are joined only when their index files fit in half the memory
+available at the first search (`join_budget`); `Index(join_shards=False)` never joins.
 """
 from __future__ import annotations
 
+import os
 from typing import List, Optional, Sequence
 
 import faiss
 import numpy as np
 
 from .shard import Shard
+
+
+def join_budget() -> int:
+    """Bytes of shard index files that may be joined: half the memory now available."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (ValueError, OSError, AttributeError):  # no sysconf figures here: do not risk it
+        return 0
 
 
 def join_shards(shards: Sequence[Shard], template: faiss.Index) -> Optional["JoinedShard"]:

@@ -19,12 +19,13 @@ import pyarrow.compute as pc
 
 from mmsearch.errors import ImageError, InputError
 from mmsearch.images import load_image
-from mmsearch.index_format import Manifest, ShardInfo, manifest_path, read_manifest, read_trained_template, store_path
+from mmsearch.index_format import (INDEX_FILE, Manifest, ShardInfo, manifest_path, read_manifest,
+                                   read_trained_template, store_path)
 from mmsearch.multivector import maxsim_scores
 
 from .filtered import RowMask
 from .filters import Filter
-from .joined import JoinedShard, join_shards
+from .joined import JoinedShard, join_budget, join_shards
 from .params import SearchParams
 from .shard import Shard
 from .tombstones import StoreView
@@ -85,7 +86,8 @@ class IndexView:
             return self._joined
         with self._lock:
             if self._join and self._joined is None:
-                self._joined = join_shards(self.shards, read_trained_template(self.path, self.manifest.faiss))
+                if sum(s.info.files[INDEX_FILE].bytes for s in self.shards) <= join_budget():
+                    self._joined = join_shards(self.shards, read_trained_template(self.path, self.manifest.faiss))
                 self._join = self._joined is not None
             return self._joined
 
