@@ -15,6 +15,9 @@ import numpy as np
 
 HELD_OUT = 1000     # queries: recall@10 is then known to about +-0.005
 MARGIN = 0.005      # aim this much above the target, so held-out users see the target too
+# A graph index is built again for the index itself, and two HNSW graphs of the same rows differ:
+# MiniLM embeddings calibrated at 0.960 on the sample's graph measured 0.949 on the index's own.
+GRAPH_MARGIN = 0.012
 STALLS = 3          # a sweep stops after this many steps without a gain (that knob is not the limit)
 
 
@@ -25,7 +28,14 @@ def _geometric(low: int, high: int) -> tuple:
 
 NPROBES = _geometric(1, 4096)
 K_FACTORS = (2, 4, 8, 16, 32, 64, 128)
-EF_SEARCHES = _geometric(10, 1024)
+EF_SEARCHES = tuple(sorted({int(round(10 * 2 ** (i / 8))) for i in range(8 * 7 + 1)}))  # 10..1280, 9% steps
+
+
+def aim(target: float, kind: str) -> float:
+    """The recall a setting must reach on the held-out queries for the index to meet `target`."""
+    if target >= 1.0:
+        return target
+    return min(target + (GRAPH_MARGIN if kind == "hnsw" else MARGIN), 1.0)
 
 
 @dataclass(frozen=True)
@@ -65,11 +75,11 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
 
 def calibrate(index, queries: np.ndarray, truth: np.ndarray, target: float, id_offset: int = 0,
               selector=None) -> Setting:
-    """The cheapest knobs of `index` reaching recall >= target (+ MARGIN) on `queries`, or the
+    """The cheapest knobs of `index` reaching recall >= `aim(target)` on `queries`, or the
     most accurate ones when none does. `truth` holds positions; results are ids - `id_offset`.
     `selector` (a faiss IDSelector) hides rows, e.g. held-out queries that are indexed."""
     kind = index_kind(index)
-    aim = min(target + MARGIN, 1.0) if target < 1.0 else target
+    goal = aim(target, kind)
 
     def measure(params: dict):
         faiss_params = search_parameters(index, params, selector)
@@ -83,7 +93,7 @@ def calibrate(index, queries: np.ndarray, truth: np.ndarray, target: float, id_o
             r, fp = measure(params)
             if best is None or r > best.recall:
                 best = Setting(params, r, 0.0)
-            if r >= aim:
+            if r >= goal:
                 reached.append(Setting(params, r, seconds_per_query(index, queries, truth.shape[1], fp)))
                 break
             stalls = stalls + 1 if r <= previous else 0

@@ -203,10 +203,13 @@ def choose(p: Plan, dim: int, sample: np.ndarray, target: float, k: int = 10) ->
         return Choice(factory, train(Plan(factory, nlist=p.nlist), dim, sample), cal.Setting())
     base, queries = cal.held_out_split(sample)
     truth = cal.exact_neighbours(base, queries, k)
-    aim = min(target + cal.MARGIN, 1.0)
     measured, notes, filled = {}, {}, {}
+
+    def reached(factory: str) -> bool:  # the target, with the margin of the candidate's kind
+        return measured[factory][1].recall >= cal.aim(target, cal.index_kind(measured[factory][0]))
+
     for factory in p.candidates or (p.factory,):
-        best = min((s.seconds_per_query for _, s in measured.values() if s.recall >= aim), default=None)
+        best = min((s.seconds_per_query for f, (_, s) in measured.items() if reached(f)), default=None)
         t0 = time.perf_counter()
         slower = _graph_slower_than(factory, dim, base, queries, target, best)
         if slower:
@@ -216,9 +219,8 @@ def choose(p: Plan, dim: int, sample: np.ndarray, target: float, k: int = 10) ->
         index, setting = _measure(template, base, queries, truth, target)
         measured[factory], filled[factory] = (template, setting), index
         notes[factory] = {"seconds": round(time.perf_counter() - t0, 1)}   # to build and calibrate
-    _retime(measured, filled, queries, k, aim)
-    factory = min(measured, key=lambda f: (measured[f][1].recall < aim,
-                                           measured[f][1].seconds_per_query if measured[f][1].recall >= aim
+    _retime(measured, filled, queries, k, reached)
+    factory = min(measured, key=lambda f: (not reached(f), measured[f][1].seconds_per_query if reached(f)
                                            else -measured[f][1].recall))
     template, setting = measured[factory]
     calibration = {"recall_at_10": round(setting.recall, 4), "target": target, "queries": len(queries),
@@ -237,10 +239,10 @@ def _measure(template, base: np.ndarray, queries: np.ndarray, truth: np.ndarray,
     return index, cal.calibrate(index, queries, truth, target)
 
 
-def _retime(measured: dict, filled: dict, queries: np.ndarray, k: int, aim: float) -> None:
-    """The candidates that reached `aim`, timed again side by side at their settings (their
-    sweeps ran minutes apart): the costs compared are then measured under the same load."""
-    names = [f for f in filled if measured[f][1].recall >= aim]
+def _retime(measured: dict, filled: dict, queries: np.ndarray, k: int, reached) -> None:
+    """The candidates that `reached` the target, timed again side by side at their settings
+    (their sweeps ran minutes apart): the costs compared are then measured under the same load."""
+    names = [f for f in filled if reached(f)]
     if len(names) < 2:
         return
     contenders = [(filled[f], cal.search_parameters(filled[f], measured[f][1].params)) for f in names]
