@@ -135,3 +135,19 @@ def test_shards_too_big_for_memory_are_searched_one_by_one(tmp_path, data, monke
         assert index.view().joined() is None
     _, truth = faiss.knn(q, x, 10, metric=faiss.METRIC_INNER_PRODUCT)
     assert np.array_equal(I, truth)
+
+
+def test_search_defaults_are_retuned_on_the_joined_index(tmp_path, data):
+    """Shards are searched joined, so the build re-tunes on the joined index once it has grown
+    1.5x past the rows the defaults were tuned on (here: the second shard, 2,200 rows), with
+    rows of it hidden from the search as queries. Tuning on the new shard alone (the rule
+    before joining) would record 1,100 rows."""
+    x, q = data
+    path = tmp_path / "idx"
+    manifest = index_vectors(path, x, [f"i{i}" for i in range(N)], index="IVF32,PQ8x4fs,RFlat",
+                             shard_size=SHARD_SIZE, train_size=1000)
+    calibration = manifest.faiss.calibration
+    assert calibration["rows"] == 2 * SHARD_SIZE and calibration["held_out"] == "rows of the index hidden from search"
+    assert calibration["recall_at_10"] >= 0.955
+    with open_index(path) as index:
+        assert index.search_vectors(q, 10)[1].shape == (len(q), 10) and index.view().joined() is not None

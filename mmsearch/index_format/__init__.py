@@ -41,6 +41,7 @@ _EXPORTS = {
     "meta": ("META_COLUMNS", "build_meta_table"),
     "shards": ("ShardRef", "write_shard", "remove_unlisted", "open_shard_index", "open_shard_meta",
                "load_shard_vectors", "load_shard_tokens"),
+    "joined": ("join_budget", "join_ivf", "joinable", "positions_label_rows"),
     "tokens": ("TOKEN_PRECISIONS", "FDE_DEFAULTS", "DEFAULT_CANDIDATES", "MultiVectorSpec", "TokenMatrix"),
     "codes": ("PRECISIONS", "CODE_BYTES", "CALIBRATION_ROWS", "CompactSpec", "CompactIndex", "faiss_factory",
               "factory_lists", "train_binary_lists",

@@ -16,8 +16,10 @@ import numpy as np
 
 from ..errors import InputError
 from ..index_format import (FaissSpec, faiss_factory, factory_lists, Manifest, ModelInfo, MultiVectorSpec, ShardInfo,
-                            TokenMatrix, build_meta_table, new_shard_index, open_shard_meta, read_manifest,
-                            shard_name, train_binary_lists, write_manifest, write_shard, write_trained_template)
+                            TokenMatrix, build_meta_table, join_budget, join_ivf, joinable, load_shard_vectors,
+                            new_shard_index, open_shard_index, open_shard_meta, positions_label_rows, read_manifest,
+                            read_trained_template, shard_name, train_binary_lists, write_manifest, write_shard,
+                            write_trained_template)
 from ..store import Store
 from . import compact_plan, planner
 from .prepare import Prepared
@@ -194,20 +196,47 @@ class ShardWriter:
         self.commit([info], [p.item.id for p in items])
 
     def _retune(self, index, vectors: np.ndarray) -> None:
-        """Re-tune the search defaults on the first shard much bigger than the training
-        sample they were tuned on: a denser index needs more nprobe / refine candidates
-        for the same recall. The new defaults are committed with this shard's manifest."""
-        if not self.tuning or len(vectors) < RETUNE_GROWTH * max(self.tuned_rows, 1):
+        """Re-tune the search defaults when the index a search runs on has grown much bigger
+        than the rows they were tuned on: a denser index needs more nprobe / refine candidates
+        for the same recall. IVF shards are searched joined (`index_format.joined`), so that
+        index is all the shards so far with this one; the new defaults are committed with
+        this shard's manifest."""
+        rows = self.manifest.total_rows + len(vectors)
+        if not self.tuning or rows < RETUNE_GROWTH * max(self.tuned_rows, 1):
             return
-        tuning = planner.tune_filled(index, vectors, self.recall_target, id_offset=self.manifest.next_row)
+        searched, x, id_offset = self._searched(index, vectors)
+        tuning = planner.tune_filled(searched, x, self.recall_target, id_offset=id_offset)
         if not tuning:
             return
-        self.tuning, self.tuned_rows = tuning, len(vectors)
+        self.tuning, self.tuned_rows = tuning, len(x)
         calibration = {**self.manifest.faiss.calibration, "recall_at_10": tuning["recall_at_10"],
-                       "rows": len(vectors), "held_out": "shard rows hidden from search"}
+                       "rows": len(x), "held_out": "rows of the index hidden from search"}
         spec = dataclasses.replace(self.manifest.faiss, search_params=planner.search_defaults(tuning),
                                    calibration=calibration)
         self.manifest = dataclasses.replace(self.manifest, faiss=spec)
+
+    def _searched(self, index, vectors: np.ndarray):
+        """(the index searches will run on, its vectors, the global row of its label 0): the
+        earlier shards joined with this one when they can be (and their vectors fit in memory
+        twice, for the joined copy and the exact neighbours), else this shard alone."""
+        shards, m = self.manifest.shards, self.manifest
+        alone = (index, vectors, m.next_row)
+        need = (m.total_rows + len(vectors)) * vectors.shape[1] * 4 * 2
+        if not shards or m.faiss.trained_path is None or not all(s.has_vectors for s in shards) \
+                or need > join_budget() or not joinable(_without_id_map(index)):
+            return alone
+        opened = [open_shard_index(self.index_dir, s) for s in shards]  # kept: the parts below are views
+        parts = [_without_id_map(i) for i in opened] + [_without_id_map(index)]
+        refine = positions_label_rows(parts[-1])
+        starts = [s.id_start for s in shards] + [m.next_row]
+        joined = join_ivf(read_trained_template(self.index_dir, m.faiss), parts,
+                          [st - starts[0] if refine else 0 for st in starts])
+        if joined is None:
+            return alone
+        x = np.concatenate([np.asarray(load_shard_vectors(self.index_dir, s), np.float32) for s in shards]
+                           + [np.asarray(vectors, np.float32)])
+        del opened
+        return joined, x, 0 if refine else starts[0]
 
     def commit(self, infos: List[ShardInfo], item_ids: List[str]) -> None:
         """List written shards in the manifest (one atomic replace), then point their ids
@@ -250,3 +279,11 @@ def reconcile(index_dir, store: Store) -> Optional[Manifest]:
             ids = open_shard_meta(index_dir, shard).column("id").to_pylist()
             sync_store(store, ids, np.arange(shard.id_start, shard.id_end, dtype=np.int64), shard.id_end)
     return manifest
+
+
+def _without_id_map(index):
+    """The index inside an id map (a refine stage's shard), else the index itself."""
+    import faiss
+
+    return faiss.downcast_index(index.index) if hasattr(index, "id_map") else faiss.downcast_index(index)
+

@@ -19,13 +19,13 @@ import pyarrow.compute as pc
 
 from mmsearch.errors import ImageError, InputError
 from mmsearch.images import load_image
-from mmsearch.index_format import (INDEX_FILE, Manifest, ShardInfo, manifest_path, read_manifest,
+from mmsearch.index_format import (INDEX_FILE, Manifest, ShardInfo, join_budget, manifest_path, read_manifest,
                                    read_trained_template, store_path)
 from mmsearch.multivector import maxsim_scores
 
 from .filtered import RowMask
 from .filters import Filter
-from .joined import JoinedShard, join_budget, join_shards
+from .joined import JoinedShard, join_shards
 from .params import SearchParams
 from .shard import Shard
 from .tombstones import StoreView
