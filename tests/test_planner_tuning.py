@@ -157,3 +157,17 @@ def test_auto_end_to_end_reaches_the_target_on_held_out_queries(data, tmp_path, 
     measured = _recall(lambda q: open_index(tmp_path / "idx").search_vectors(q, 10)[1], base, xq)
     assert measured >= TARGET - 0.01
     assert abs(manifest.faiss.calibration["recall_at_10"] - measured) <= 0.02
+
+
+def test_auto_weighs_a_graph_by_the_shards_it_will_be_searched_as():
+    """IVF shards are searched joined, HNSW shards one graph after another: with many shards
+    planned, a graph's measured cost counts once per shard, and IVF (which reaches the target
+    here) wins whatever the two measured on the one-shard sample."""
+    sample = _broad(12_000, d=32, seed=3)
+    one = planner.plan("auto", 32, 60_000, None, shard_size=60_000)
+    many = planner.plan("auto", 32, 60_000, None, shard_size=100)
+    assert (one.shards, many.shards) == (1, 600) and "HNSW32" in many.candidates
+    choice = planner.choose(many, 32, sample, TARGET)
+    assert choice.factory.startswith("IVF") and choice.calibration["shards_planned"] == 600
+    measured = choice.calibration["candidates"]
+    assert set(measured) == set(many.candidates)

@@ -187,7 +187,7 @@ def _plan(settings: BuildSettings, manifest, paths, dim: int) -> planner.Plan:
                              f"needs --overwrite (a rebuild)")
         return planner.Plan(manifest.faiss.factory)
     n = estimate_rows(paths, settings.source_kind) if settings.index == "auto" else 0
-    return planner.plan(settings.index, dim, n, settings.memory_budget)
+    return planner.plan(settings.index, dim, n, settings.memory_budget, settings.shard_size)
 
 
 def _check_model(out: Path, built, info, job: Optional[dict]) -> None:

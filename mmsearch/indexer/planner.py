@@ -53,6 +53,9 @@ class Plan:
     candidates: Tuple[str, ...] = ()
     # compact vectors (`compact_plan`): the spec asked for, or several for the sample to decide between
     compact: Tuple["CompactSpec", ...] = ()
+    # shards the index will have (rows / shard size): a graph index searches each one apart,
+    # IVF shards are searched joined (`index_format.joined`), so `auto` weighs graphs by this
+    shards: int = 1
 
     @property
     def needs_training(self) -> bool:
@@ -105,8 +108,9 @@ def has_refine(factory: str) -> bool:
     return last == "RFlat" or last.startswith("Refine(")
 
 
-def plan(factory: str, dim: int, n_rows: int, memory_budget: Optional[int]) -> Plan:
-    """Resolve `auto` and validate an explicit factory string by building it once."""
+def plan(factory: str, dim: int, n_rows: int, memory_budget: Optional[int], shard_size: Optional[int] = None) -> Plan:
+    """Resolve `auto` and validate an explicit factory string by building it once. `n_rows`
+    and `shard_size` give the shards the index will have."""
     import faiss
 
     candidates = auto_candidates(n_rows, dim, memory_budget) if factory == "auto" else (factory,)
@@ -119,7 +123,8 @@ def plan(factory: str, dim: int, n_rows: int, memory_budget: Optional[int]) -> P
                              f"{str(e).splitlines()[-1][:200]}") from None
         ivf = _ivf_of(probe)
         nlist = max(nlist, int(ivf.nlist) if (ivf is not None and not probe.is_trained) else 0)
-    return Plan(candidates[0], nlist=nlist, candidates=candidates)
+    shards = max(1, -(-n_rows // shard_size)) if shard_size and n_rows else 1
+    return Plan(candidates[0], nlist=nlist, candidates=candidates, shards=shards)
 
 
 def _ivf_of(index):
@@ -208,10 +213,13 @@ def choose(p: Plan, dim: int, sample: np.ndarray, target: float, k: int = 10) ->
     def reached(factory: str) -> bool:  # the target, with the margin of the candidate's kind
         return measured[factory][1].recall >= cal.aim(target, cal.index_kind(measured[factory][0]))
 
+    def cost(factory: str) -> float:  # per query on the index: a graph per shard, IVF shards joined
+        return measured[factory][1].seconds_per_query * (p.shards if "HNSW" in factory else 1)
+
     for factory in p.candidates or (p.factory,):
-        best = min((s.seconds_per_query for f, (_, s) in measured.items() if reached(f)), default=None)
+        best = min((cost(f) for f in measured if reached(f)), default=None)
         t0 = time.perf_counter()
-        slower = _graph_slower_than(factory, dim, base, queries, target, best)
+        slower = _graph_slower_than(factory, dim, base, queries, target, best and best / p.shards)
         if slower:
             notes[factory] = {"skipped": slower, "seconds": round(time.perf_counter() - t0, 1)}
             continue
@@ -220,10 +228,10 @@ def choose(p: Plan, dim: int, sample: np.ndarray, target: float, k: int = 10) ->
         measured[factory], filled[factory] = (template, setting), index
         notes[factory] = {"seconds": round(time.perf_counter() - t0, 1)}   # to build and calibrate
     _retime(measured, filled, queries, k, reached)
-    factory = min(measured, key=lambda f: (not reached(f), measured[f][1].seconds_per_query if reached(f)
-                                           else -measured[f][1].recall))
+    factory = min(measured, key=lambda f: (not reached(f), cost(f) if reached(f) else -measured[f][1].recall))
     template, setting = measured[factory]
     calibration = {"recall_at_10": round(setting.recall, 4), "target": target, "queries": len(queries),
+                   "shards_planned": p.shards,
                    "rows": len(base), "held_out": "sample rows not indexed",
                    "candidates": {f: {**(measured[f][1].to_dict() if f in measured else {}), **notes[f]}
                                   for f in notes}}

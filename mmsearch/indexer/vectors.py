@@ -45,7 +45,7 @@ def index_vectors(out, vectors: np.ndarray, ids: Sequence[str], *, texts: Option
     settings = BuildSettings(index=index, memory_budget=memory_budget, store_vectors=store_vectors, dim=dim,
                              keep_full=dim is not None, precision=precision, oversample=oversample, rescore=rescore)
     sizes = None if matryoshka_sizes is None else (x.shape[1],) + tuple(sorted(matryoshka_sizes, reverse=True))
-    plan = compact_plan.apply(lambda: planner.plan(index, x.shape[1], len(x), memory_budget), settings,
+    plan = compact_plan.apply(lambda: planner.plan(index, x.shape[1], len(x), memory_budget, shard_size), settings,
                               SimpleNamespace(dim=x.shape[1]), None, lambda: len(x), sizes=sizes)
     with writer_lock(out):
         wipe_index(out)
