@@ -225,10 +225,12 @@ class ShardWriter:
         if not shards or m.faiss.trained_path is None or not all(s.has_vectors for s in shards) \
                 or need > join_budget() or not joinable(_without_id_map(index)):
             return alone
+        starts = [s.id_start for s in shards] + [m.next_row]
+        if any(s.id_start + s.rows != after for s, after in zip(shards, starts[1:])):
+            return alone  # rows not contiguous: positions in the join would not be rows
         opened = [open_shard_index(self.index_dir, s) for s in shards]  # kept: the parts below are views
         parts = [_without_id_map(i) for i in opened] + [_without_id_map(index)]
         refine = positions_label_rows(parts[-1])
-        starts = [s.id_start for s in shards] + [m.next_row]
         joined = join_ivf(read_trained_template(self.index_dir, m.faiss), parts,
                           [st - starts[0] if refine else 0 for st in starts])
         if joined is None:
