@@ -97,6 +97,9 @@ def add_compact_args(p, build: dict) -> None:
                    help="compact codes: first-stage candidates per hit to rescore (default: %(default)s)")
     p.add_argument("--no-rescore", dest="rescore", action="store_false",
                    help="compact codes: return the first stage's order, without rescoring")
+    p.add_argument("--rescore-from", default=build["rescore_from"], choices=("float16", "int8"),
+                   help="compact codes: what vectors.npy keeps to rescore with: the full vectors as float16 "
+                        "(default), or as int8 codes (half the bytes; ranges calibrated on the corpus)")
     p.add_argument("--keep-full-vectors", dest="keep_full", action="store_true",
                    help="with --dim: encode at the model's full size, index the truncation, and keep the full "
                         "vectors on disk (memory-mapped, not in RAM) for rescoring")
@@ -105,5 +108,5 @@ def add_compact_args(p, build: dict) -> None:
 def compact_options(args) -> dict:
     """BuildSettings keyword arguments from the options `add_compact_args` adds."""
     return {"precision": args.precision, "oversample": args.oversample, "rescore": args.rescore,
-            "keep_full": args.keep_full}
+            "rescore_from": args.rescore_from, "keep_full": args.keep_full}
 

@@ -10,7 +10,8 @@ def live_tables(index_dir, vectors: bool = False) -> Iterator[Tuple["object", "o
     """(meta table, vectors or None) per shard, deleted rows left out, in row order."""
     from ..errors import InputError
     from ..query.modality import read_pages
-    from ..index_format import load_shard_vectors, open_shard_meta, read_manifest, require_index, store_path
+    from ..index_format import (load_shard_vectors, open_shard_meta, read_manifest, require_index, store_path,
+                                vectors_of_stored)
     from ..store import Store
 
     require_index(index_dir, "build one with `mmsearch index build`")
@@ -26,7 +27,7 @@ def live_tables(index_dir, vectors: bool = False) -> Iterator[Tuple["object", "o
             if not shard.has_vectors:
                 raise InputError(f"shard {shard.name} of {index_dir} keeps no vectors (built with --no-vectors); "
                                  f"export without --vectors")
-            vecs = np.asarray(load_shard_vectors(index_dir, shard))[keep]
+            vecs = vectors_of_stored(np.asarray(load_shard_vectors(index_dir, shard))[keep], manifest.compact)
         yield read_pages(table if keep.all() else table.filter(keep)), vecs
 
 

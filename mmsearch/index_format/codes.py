@@ -35,6 +35,7 @@ from mmsearch.errors import IndexFormatError, InputError
 from .fields import frozen_map, get_field
 
 PRECISIONS = ("float32", "float16", "int8", "binary")
+RESCORE_FROM = ("float16", "int8")  # what vectors.npy keeps of the full vectors
 # bytes per stored dimension of each precision's codes
 CODE_BYTES = {"float32": 4.0, "float16": 2.0, "int8": 1.0, "binary": 1.0 / 8}
 DEFAULT_OVERSAMPLE = 4.0
@@ -52,7 +53,10 @@ class CompactSpec:
     `dim`: the stored (Matryoshka) size; `full_dim`: the model's; `oversample`: a search
     for k rescores ``oversample * k`` first-stage candidates; `rescore`: whether it does
     (against the shards' vectors.npy); `ranges`: int8's (min, max) per dimension and
-    `calibration` how they were measured; `choice`: what `auto` measured to pick this."""
+    `calibration` how they were measured; `choice`: what `auto` measured to pick this.
+    `rescore_from`: what vectors.npy keeps to rescore with, the full vectors as float16
+    (default) or as int8 codes (half the bytes; `rescore_ranges`: their per-dimension
+    (min, max) at full size, calibrated like `ranges`)."""
 
     precision: str
     dim: int
@@ -62,6 +66,8 @@ class CompactSpec:
     ranges: Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]] = None
     calibration: Mapping[str, Any] = field(default_factory=dict)
     choice: Mapping[str, Any] = field(default_factory=dict)
+    rescore_from: str = "float16"
+    rescore_ranges: Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]] = None
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -76,11 +82,14 @@ class CompactSpec:
             raise InputError(f"binary codes need a dim that is a multiple of 8, got {self.dim}")
         if isinstance(self.oversample, bool) or not isinstance(self.oversample, (int, float)) or self.oversample < 1:
             raise InputError(f"oversample={self.oversample!r}: expected a number >= 1")
-        if self.ranges is not None:
-            lo, hi = (tuple(float(v) for v in r) for r in self.ranges)
-            if len(lo) != self.dim or len(hi) != self.dim:
-                raise IndexFormatError(f"int8 ranges have {len(lo)}/{len(hi)} values, expected {self.dim}")
-            object.__setattr__(self, "ranges", (lo, hi))
+        if self.rescore_from not in RESCORE_FROM:
+            raise InputError(f"rescore_from={self.rescore_from!r}; valid: {', '.join(RESCORE_FROM)}")
+        for name, width in (("ranges", self.dim), ("rescore_ranges", self.full_dim)):
+            if getattr(self, name) is not None:
+                lo, hi = (tuple(float(v) for v in r) for r in getattr(self, name))
+                if len(lo) != width or len(hi) != width:
+                    raise IndexFormatError(f"int8 {name} have {len(lo)}/{len(hi)} values, expected {width}")
+                object.__setattr__(self, name, (lo, hi))
         object.__setattr__(self, "calibration", frozen_map(self.calibration))
         object.__setattr__(self, "choice", frozen_map(self.choice))
 
@@ -95,7 +104,8 @@ class CompactSpec:
 
     @property
     def needs_calibration(self) -> bool:
-        return self.precision == "int8" and self.ranges is None
+        return (self.precision == "int8" and self.ranges is None) or \
+            (self.rescore_from == "int8" and self.rescore_ranges is None)
 
     def depth(self, k: int, rows: int, oversample: Optional[float] = None, rescore: Optional[bool] = None) -> int:
         """First-stage candidates of a search for `k` (oversampled when rescoring)."""
@@ -104,23 +114,34 @@ class CompactSpec:
         return min(rows, max(k, int(np.ceil(k * (oversample or self.oversample)))))
 
     def calibrated(self, sample: np.ndarray, seed: int = 0) -> "CompactSpec":
-        """This spec with int8 ranges measured on (up to CALIBRATION_ROWS rows of) `sample`."""
-        if self.precision != "int8":
+        """This spec with its int8 ranges (the codes', the rescoring copy's) measured on (up to
+        CALIBRATION_ROWS rows of) `sample`."""
+        if not self.needs_calibration:
             return self
         if sample is None or len(sample) == 0:
-            raise InputError("int8 precision needs a calibration sample of the corpus; none was given")
+            raise InputError("int8 codes need a calibration sample of the corpus; none was given")
         rows = np.random.default_rng(seed).permutation(len(sample))[:CALIBRATION_ROWS]
-        x = first_stage_vectors(np.asarray(sample, np.float32)[np.sort(rows)], self.dim)
-        lo, hi = int8_ranges(x)
+        full = np.asarray(sample, np.float32)[np.sort(rows)]
         note = {"rows": int(len(rows)), "of": int(len(sample)), "seed": seed,
                 "method": "per-dimension min/max (sentence-transformers quantize_embeddings)"}
-        return replace(self, ranges=(tuple(lo.tolist()), tuple(hi.tolist())), calibration=note)
+        out = replace(self, calibration=note)
+        if self.precision == "int8":
+            lo, hi = int8_ranges(first_stage_vectors(full, self.dim))
+            out = replace(out, ranges=(tuple(lo.tolist()), tuple(hi.tolist())))
+        if self.rescore_from == "int8":
+            lo, hi = int8_ranges(full)
+            out = replace(out, rescore_ranges=(tuple(lo.tolist()), tuple(hi.tolist())))
+        return out
 
     def to_dict(self) -> dict:
         out = {"precision": self.precision, "dim": self.dim, "full_dim": self.full_dim,
                "oversample": self.oversample, "rescore": self.rescore}
         if self.ranges is not None:
             out["int8_ranges"] = {"min": list(self.ranges[0]), "max": list(self.ranges[1])}
+        if self.rescore_from != "float16":  # absent: the float16 copy every earlier index keeps
+            out["rescore_from"] = self.rescore_from
+        if self.rescore_ranges is not None:
+            out["rescore_int8_ranges"] = {"min": list(self.rescore_ranges[0]), "max": list(self.rescore_ranges[1])}
         for name in ("calibration", "choice"):
             if getattr(self, name):
                 out[name] = _plain(getattr(self, name))
@@ -130,13 +151,18 @@ class CompactSpec:
     def from_dict(cls, d: Mapping[str, Any]) -> "CompactSpec":
         w = "compact"
         ranges = get_field(d, "int8_ranges", w, Mapping, optional=True)
+        copy = get_field(d, "rescore_int8_ranges", w, Mapping, optional=True)
         return cls(precision=get_field(d, "precision", w, str), dim=get_field(d, "dim", w, int),
                    full_dim=get_field(d, "full_dim", w, int),
                    oversample=get_field(d, "oversample", w, (int, float)), rescore=get_field(d, "rescore", w, bool),
                    ranges=None if ranges is None else (get_field(ranges, "min", f"{w}.int8_ranges", list),
                                                        get_field(ranges, "max", f"{w}.int8_ranges", list)),
                    calibration=get_field(d, "calibration", w, Mapping, optional=True) or {},
-                   choice=get_field(d, "choice", w, Mapping, optional=True) or {})
+                   choice=get_field(d, "choice", w, Mapping, optional=True) or {},
+                   rescore_from=get_field(d, "rescore_from", w, str, optional=True) or "float16",
+                   rescore_ranges=None if copy is None else (
+                       get_field(copy, "min", f"{w}.rescore_int8_ranges", list),
+                       get_field(copy, "max", f"{w}.rescore_int8_ranges", list)))
 
 
 def _plain(value):
@@ -182,6 +208,23 @@ def dequantize_int8(codes: np.ndarray, ranges) -> np.ndarray:
     """The centre of each code's bucket, float32 (as faiss's SQ8 decodes its codes)."""
     lo, hi = (np.asarray(r, dtype=np.float32) for r in ranges)
     return (lo + (codes.astype(np.float32) + 128.5) * _steps(lo, hi)).astype(np.float32)
+
+
+def stored_vectors(x: np.ndarray, spec: Optional[CompactSpec]) -> np.ndarray:
+    """What vectors.npy keeps of the full vectors `x`: float16, or the int8 codes of a spec
+    that rescores from int8."""
+    if spec is not None and spec.rescore_from == "int8":
+        return quantize_int8(x, spec.rescore_ranges)
+    return np.ascontiguousarray(x, dtype=np.float16)
+
+
+def vectors_of_stored(stored: np.ndarray, spec: Optional[CompactSpec]) -> np.ndarray:
+    """float32 vectors from rows of vectors.npy (int8 codes decoded with the spec's ranges)."""
+    if stored.dtype == np.int8:
+        if spec is None or spec.rescore_ranges is None:
+            raise IndexFormatError("vectors.npy holds int8 codes, but the manifest records no rescore_int8_ranges")
+        return dequantize_int8(stored, spec.rescore_ranges)
+    return np.asarray(stored, dtype=np.float32)
 
 
 def binarize(x: np.ndarray) -> np.ndarray:

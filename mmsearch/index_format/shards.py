@@ -22,7 +22,7 @@ import pyarrow.ipc as ipc
 
 from mmsearch.errors import IndexFormatError
 
-from .codes import CompactIndex, read_faiss_index, write_faiss_index
+from .codes import CompactIndex, read_faiss_index, stored_vectors, write_faiss_index
 from .durable import fsync_dir, fsync_file
 from .faiss_io import faiss_id_problem, faiss_index_to_cpu
 from .lexical import lexical_fields, lexical_file_entries, lexical_texts, write_lexical
@@ -48,14 +48,15 @@ def _check_ids(name: str, ids: np.ndarray) -> np.ndarray:
     return ids
 
 
-def _check_vectors(name: str, vectors, rows: int, dim: int) -> Optional[np.ndarray]:
+def _check_vectors(name: str, vectors, rows: int, dim: int, spec=None) -> Optional[np.ndarray]:
+    """The vectors as vectors.npy keeps them (`codes.stored_vectors`: float16, or a compact
+    spec's int8 rescoring codes)."""
     if vectors is None:
         return None
-    vectors = np.ascontiguousarray(vectors, dtype=np.float16)
-    if vectors.shape != (rows, dim):
-        raise IndexFormatError(f"write_shard {name}: vectors have shape {vectors.shape}, expected "
+    if np.shape(vectors) != (rows, dim):
+        raise IndexFormatError(f"write_shard {name}: vectors have shape {np.shape(vectors)}, expected "
                                f"({rows}, {dim}) to match the ids and the faiss index")
-    return vectors
+    return stored_vectors(vectors, spec)
 
 
 def _is_listed(index_dir: Path, name: str) -> bool:
@@ -100,7 +101,8 @@ def write_shard(index_dir: PathLike, name: str, faiss_index: faiss.Index, ids: n
     """Write ``shards/<name>/`` completely and durably; return its ShardInfo.
 
     `ids` are the shard's global rows (contiguous int64), `faiss_index` must return
-    exactly those ids from search, `meta_table`, `vectors` (stored as float16) and a
+    exactly those ids from search, `meta_table`, `vectors` (stored as float16; int8 codes
+    when a compact index rescores from int8) and a
     multi-vector model's `tokens` are row-aligned with them. When the committed manifest
     names text fields, the shard's lexical index is built from `meta_table` (`.lexical`).
     The shard is not visible until a manifest lists it.
@@ -119,7 +121,8 @@ def write_shard(index_dir: PathLike, name: str, faiss_index: faiss.Index, ids: n
     if problem:
         raise IndexFormatError(f"write_shard {name}: {problem}")
     meta = canonical_meta(meta_table, name, id_start, rows)
-    vectors = _check_vectors(name, vectors, rows, width)
+    vectors = _check_vectors(name, vectors, rows, width, faiss_index.spec if isinstance(faiss_index, CompactIndex)
+                             else None)
     if tokens is not None:
         tokens.check(f"write_shard {name}", rows)
     if _is_listed(index_dir, name):
@@ -229,7 +232,8 @@ def open_shard_meta(index_dir: PathLike, shard: ShardRef) -> pa.Table:
 
 
 def load_shard_vectors(index_dir: PathLike, shard: ShardRef, mmap: bool = True) -> np.ndarray:
-    """The shard's stored float16 vectors (rows, dim); see ShardInfo.has_vectors."""
+    """The shard's stored vectors (rows, dim) as kept: float16, or int8 codes (decode rows
+    with `codes.vectors_of_stored`); see ShardInfo.has_vectors."""
     path = _shard_file(index_dir, shard, VECTORS_FILE)
     try:
         vectors = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)

@@ -41,7 +41,8 @@ def verify_index(index_dir: PathLike) -> List[str]:
     item_ids = []
     for shard in manifest.shards:
         stored = manifest.compact.dim if manifest.compact else manifest.model.dim  # faiss holds compact codes
-        problems += _verify_shard(index_dir, shard, manifest.model.dim, item_ids, stored)
+        kept = np.int8 if manifest.compact and manifest.compact.rescore_from == "int8" else np.float16
+        problems += _verify_shard(index_dir, shard, manifest.model.dim, item_ids, stored, kept)
         if lexical_fields(manifest.extra) and not has_lexical(shard):
             problems.append(f"shard {shard.name}: {LEXICAL_DIR}/: missing (the manifest names text fields)")
     if item_ids:
@@ -67,7 +68,7 @@ def _file_problem(path: Path, info: FileInfo, problems: List[str], where: str, n
 
 
 def _verify_shard(index_dir: PathLike, shard: ShardInfo, dim: int, item_ids: list,
-                  stored_dim: Optional[int] = None) -> List[str]:
+                  stored_dim: Optional[int] = None, kept=np.float16) -> List[str]:
     where, problems = f"shard {shard.name}", []
     for required in (INDEX_FILE, META_FILE):
         if required not in shard.files:
@@ -75,7 +76,7 @@ def _verify_shard(index_dir: PathLike, shard: ShardInfo, dim: int, item_ids: lis
     folder = shard_dir(index_dir, shard)
     intact = {f for f, info in shard.files.items()
               if _file_problem(folder / f, info, problems, where, f)}
-    checks = {INDEX_FILE: partial(_verify_faiss, stored=stored_dim), META_FILE: _verify_meta, VECTORS_FILE: _verify_vectors,
+    checks = {INDEX_FILE: partial(_verify_faiss, stored=stored_dim), META_FILE: _verify_meta, VECTORS_FILE: partial(_verify_vectors, kept=kept),
               TOKENS_FILE: _verify_tokens, f"{LEXICAL_DIR}/meta.json": _verify_lexical}
     for filename, check in checks.items():
         if filename in intact:
@@ -111,10 +112,11 @@ def _verify_meta(index_dir: PathLike, shard: ShardInfo, _dim: int, item_ids: lis
     return None
 
 
-def _verify_vectors(index_dir: PathLike, shard: ShardInfo, dim: int, _ids: list) -> Optional[str]:
+def _verify_vectors(index_dir: PathLike, shard: ShardInfo, dim: int, _ids: list, kept=np.float16) -> Optional[str]:
+    """vectors.npy holds one row per item, full size, as the manifest says it keeps them."""
     vectors = load_shard_vectors(index_dir, shard.name)
-    if vectors.shape != (shard.rows, dim) or vectors.dtype != np.float16:
-        return f"{vectors.dtype} {vectors.shape}, expected float16 ({shard.rows}, {dim})"
+    if vectors.shape != (shard.rows, dim) or vectors.dtype != kept:
+        return f"{vectors.dtype} {vectors.shape}, expected {np.dtype(kept).name} ({shard.rows}, {dim})"
     return None
 
 

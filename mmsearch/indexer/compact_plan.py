@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..index_format import (CompactIndex, CompactSpec, factory_lists, faiss_factory, faiss_metric,
-                            first_stage_queries, rescore)
+                            first_stage_queries, rescore, stored_vectors, vectors_of_stored)
 from . import calibrate as cal
 from . import planner
 
@@ -62,6 +62,7 @@ def apply(make_plan, settings, encoder, known, rows, sizes: Optional[Sequence[in
         return make_plan()
     specs = candidates(full, sizes or matryoshka_sizes(encoder), n, settings.memory_budget, settings.oversample,
                        settings.rescore)
+    specs = tuple(replace(s, rescore_from=settings.rescore_from) for s in specs)
     note = {"budget": settings.memory_budget, "rows_planned": n}
     return planner.Plan("Flat", compact=tuple(replace(s, choice=note) for s in specs))
 
@@ -87,7 +88,7 @@ def requested(settings, full_dim: int) -> Optional[CompactSpec]:
         return None
     dim = settings.dim if settings.keep_full and settings.dim else full_dim
     return CompactSpec(settings.precision if settings.precision not in (None, "auto") else "float32", dim, full_dim,
-                       oversample=settings.oversample, rescore=settings.rescore)
+                       oversample=settings.oversample, rescore=settings.rescore, rescore_from=settings.rescore_from)
 
 
 def wants_auto(settings, full_dim: int, n_rows: int) -> bool:
@@ -173,8 +174,10 @@ def _measure(spec: CompactSpec, base: np.ndarray, queries: np.ndarray, truth: np
     k = truth.shape[1]
     _, I_all = index.faiss.search(xc, spec.depth(k, len(base), max(OVERSAMPLES)))
 
+    kept = vectors_of_stored(stored_vectors(base, spec), spec)  # what rescoring reads (float16 or int8 copy)
+
     def rows(r):
-        return base[r]
+        return kept[r]
 
     best = (-1.0, OVERSAMPLES[-1])
     for factor in OVERSAMPLES:
@@ -223,11 +226,12 @@ def tune_lists(spec: CompactSpec, factory: str, template, sample: np.ndarray, ta
     index = CompactIndex(spec, factory, faiss_metric("inner_product"), faiss.clone_binary_index(template))
     index.add_with_ids(base, np.arange(len(base), dtype=np.int64))
     xc, depth, aim = first_stage_queries(spec, queries), spec.depth(k, len(base)), min(target + cal.MARGIN, 1.0)
+    kept = vectors_of_stored(stored_vectors(base, spec), spec)  # what rescoring reads
     nlist = int(template.nlist)
     recall, nprobe = 0.0, nlist
     for nprobe in [p for p in cal.NPROBES if p < nlist] + [nlist]:
         _, I = index.faiss.search(xc, depth, params=faiss.SearchParametersIVF(nprobe=nprobe))
-        found = rescore(queries, I, lambda rows: base[rows], k)[1] if spec.rescore else I[:, :k]
+        found = rescore(queries, I, lambda rows: kept[rows], k)[1] if spec.rescore else I[:, :k]
         recall = cal.recall(found, truth)
         if recall >= aim:
             break

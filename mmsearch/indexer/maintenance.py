@@ -11,7 +11,7 @@ import numpy as np
 from ..errors import IndexFormatError, InputError
 from ..index_format import (VECTORS_FILE, load_shard_tokens, load_shard_vectors, new_shard_index, open_shard_index,
                             open_shard_meta, read_manifest, remove_unlisted, shard_dir, shard_name, store_path, utc_now,
-                            write_manifest, write_shard, writer_lock)
+                            vectors_of_stored, write_manifest, write_shard, writer_lock)
 from ..store import Store
 from .writer import sync_store
 
@@ -29,7 +29,7 @@ def delete_ids(index_dir, ids: Iterable[str]) -> int:
 
 def _shard_vectors(out: Path, shard, manifest) -> np.ndarray:
     if shard.has_vectors:
-        return np.asarray(load_shard_vectors(out, shard), dtype=np.float32)
+        return vectors_of_stored(np.asarray(load_shard_vectors(out, shard)), manifest.compact)
     if shard.has_tokens and manifest.multi_vector is not None:
         # the FDEs again, from the stored tokens: closer to the originals than a PQ index's codes
         from ..multivector import Muvera

@@ -6,7 +6,7 @@ from typing import Any, Mapping, Optional, Union
 
 from ..errors import InputError
 from ..images import DEFAULT_MAX_PIXELS
-from ..index_format import parse_text_fields
+from ..index_format import RESCORE_FROM, parse_text_fields
 
 DEFAULT_INSTRUCTIONS = {
     # VLM2Vec's candidate conventions (DESIGN.md §3): raw text, a fixed image
@@ -52,6 +52,7 @@ class BuildSettings:
     precision: Optional[str] = None
     oversample: float = 4.0
     rescore: bool = True
+    rescore_from: str = "float16"        # what vectors.npy keeps to rescore with: float16, or int8 codes
     keep_full: bool = False              # with dim: encode full size, index the truncation, keep full vectors
     engine: str = "local"                # "local" (threads in this process) or "ray" (Ray Data)
     ray_address: Optional[str] = None    # None: $RAY_ADDRESS, a `ray start` cluster here, or a new local one
@@ -100,7 +101,12 @@ class BuildSettings:
             raise InputError(f"oversample must be a number >= 1, got {self.oversample!r}")
         if self.keep_full and self.dim is None:
             raise InputError("keep_full keeps the full vectors beside a Matryoshka truncation: give dim too")
+        if self.rescore_from not in RESCORE_FROM:
+            raise InputError(f"rescore_from={self.rescore_from!r}; valid: {', '.join(RESCORE_FROM)}")
         compact = self.keep_full or self.precision not in (None, "float32")
+        if self.rescore_from != "float16" and not compact:
+            raise InputError(f"rescore_from={self.rescore_from!r} is the rescoring copy of compact codes: give "
+                             f"precision (float16, int8, binary or auto) or dim with keep_full too")
         if compact and self.rescore and not self.store_vectors:
             raise InputError(f"precision={self.precision!r} rescores from the stored vectors: drop "
                              f"store_vectors=False (--no-vectors), or pass rescore=False")

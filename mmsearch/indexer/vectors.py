@@ -28,13 +28,14 @@ def index_vectors(out, vectors: np.ndarray, ids: Sequence[str], *, texts: Option
                   index: str = "auto", memory_budget: Optional[int] = None, shard_size: int = 100_000,
                   store_vectors: bool = True, recall_target: float = 0.95, train_size: Optional[int] = None,
                   instructions: Optional[dict] = None, precision: Optional[str] = None, dim: Optional[int] = None,
-                  oversample: float = 4.0, rescore: bool = True,
+                  oversample: float = 4.0, rescore: bool = True, rescore_from: str = "float16",
                   matryoshka_sizes: Optional[Sequence[int]] = None) -> Manifest:
     """Write a new index at `out` from L2-normalised float32 `vectors` (n, d) and string `ids`.
 
     Compact vectors (see `compact_plan`): `precision` of the first stage's codes ("auto": the
     memory budget picks dim and precision among `matryoshka_sizes`), `dim` a Matryoshka
-    truncation of the vectors indexed while vectors.npy keeps them whole for rescoring."""
+    truncation of the vectors indexed while vectors.npy keeps them whole for rescoring;
+    `rescore_from="int8"` keeps them there as int8 codes (ranges calibrated on the corpus)."""
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     if x.ndim != 2 or len(x) != len(ids):
         raise InputError(f"vectors must be (n, d) with n == len(ids); got {x.shape} for {len(ids)} ids")
@@ -43,7 +44,8 @@ def index_vectors(out, vectors: np.ndarray, ids: Sequence[str], *, texts: Option
     model = model or ModelInfo(id="external", backbone="external", dim=x.shape[1], dtype="float32")
     out = Path(out)
     settings = BuildSettings(index=index, memory_budget=memory_budget, store_vectors=store_vectors, dim=dim,
-                             keep_full=dim is not None, precision=precision, oversample=oversample, rescore=rescore)
+                             keep_full=dim is not None, precision=precision, oversample=oversample, rescore=rescore,
+                             rescore_from=rescore_from)
     sizes = None if matryoshka_sizes is None else (x.shape[1],) + tuple(sorted(matryoshka_sizes, reverse=True))
     plan = compact_plan.apply(lambda: planner.plan(index, x.shape[1], len(x), memory_budget, shard_size), settings,
                               SimpleNamespace(dim=x.shape[1]), None, lambda: len(x), sizes=sizes)

@@ -20,7 +20,7 @@ import pyarrow as pa
 from mmsearch.errors import IndexFormatError
 from mmsearch.index_format import (VECTORS_FILE, CompactSpec, ShardInfo, downcast, first_stage_queries,
                                    first_stage_scores, is_binary, load_shard_tokens, load_shard_vectors, open_shard_index,
-                                   open_shard_meta, rescore)
+                                   open_shard_meta, rescore, vectors_of_stored)
 from mmsearch.multivector import TokenStore
 
 from .merge import merge_results
@@ -210,7 +210,7 @@ class Shard:
                     self._vectors = load_shard_vectors(self._index_dir, self.info, mmap=True)
         order = np.argsort(local_rows, kind="stable")  # sorted reads of the memory map
         out = np.empty((len(local_rows), self._vectors.shape[1]), dtype=np.float32)
-        out[order] = self._vectors[local_rows[order]]
+        out[order] = vectors_of_stored(self._vectors[local_rows[order]], self.compact)
         return out
 
     def _from_index(self, local_rows: np.ndarray, exact: bool) -> Optional[np.ndarray]:
