@@ -239,6 +239,13 @@ def main():
         parts.append(query_section(load("query_path"), load("serve_load")))
     if load("lexical"):
         parts.append(lexical_section(load("lexical")))
+    if load("compact_rss"):
+        r = load("compact_rss")
+        parts.append(f"**Resident memory per index** (`benchmarks/compact_rss.py`, {machine(r['environment'])}; "
+                     f"{r['n']:,} x {r['dim']}, a fresh process that has already opened and searched a small index "
+                     "of the same kind, then opens this one and runs one search; the rows of vectors.npy that "
+                     "rescoring read are mapped as whole page-cache folios, reclaimable, and counted apart):\n\n"
+                     + (RESULTS / "compact_rss.md").read_text())
     if load("matryoshka_tiny"):
         parts.append(matryoshka_section(load("matryoshka_tiny")))
     full_compact = sorted(p.stem for p in RESULTS.glob("compact_*x*.json"))
