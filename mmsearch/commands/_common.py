@@ -98,8 +98,8 @@ def add_compact_args(p, build: dict) -> None:
     p.add_argument("--no-rescore", dest="rescore", action="store_false",
                    help="compact codes: return the first stage's order, without rescoring")
     p.add_argument("--rescore-from", default=build["rescore_from"], choices=("float16", "int8"),
-                   help="compact codes: what vectors.npy keeps to rescore with: the full vectors as float16 "
-                        "(default), or as int8 codes (half the bytes; ranges calibrated on the corpus)")
+                   help="compact codes: how the stored full vectors are kept for rescoring: float16 (default), "
+                        "or int8 codes (half the bytes; ranges calibrated on the corpus)")
     p.add_argument("--keep-full-vectors", dest="keep_full", action="store_true",
                    help="with --dim: encode at the model's full size, index the truncation, and keep the full "
                         "vectors on disk (memory-mapped, not in RAM) for rescoring")
