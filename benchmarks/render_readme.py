@@ -205,11 +205,13 @@ def compact_section(name):
 
 
 def main():
-    env = load("ann_quick")["environment"]
+    env = load("shards")["environment"]  # a recent run: the machine most tables below were measured on
     libs = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
-    parts = [f"Measured on this project's development machine ({env['cpu']}, {env['cores']} cores, no GPU; Python "
-             f"{env['python']}; {libs}). Rerun with `pip install -e '.[bench]'` and the scripts in `benchmarks/` "
-             "(`--quick` for a few minutes each); each writes JSON, Markdown and PNG to `benchmarks/results/`."]
+    parts = [f"Measured on this project's development machines, 2 cores and no GPU; each table states its date and "
+             f"CPU (the latest runs: {env['cpu']}, Python {env['python']}; {libs}; the oldest ANN tables, marked "
+             "superseded, ran on an AMD EPYC). Regenerate this section with `python benchmarks/render_readme.py`; "
+             "rerun with `pip install -e '.[bench]'` and the scripts in `benchmarks/` (`--quick` for a few "
+             "minutes each); each writes JSON, Markdown and PNG to `benchmarks/results/`."]
     parts.append(ann_sets_section())
     full = sorted((p.stem for p in RESULTS.glob("ann_*x*.json") if p.stem[4].isdigit()),
                   key=lambda n: tuple(map(int, n[4:].split("x"))))
