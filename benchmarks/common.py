@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import time
 from pathlib import Path
 from typing import Callable, Dict, List
@@ -128,3 +129,27 @@ def raw_faiss_params(factory: str, knobs: dict):
     if has_refine(factory):
         return faiss.IndexRefineSearchParameters(k_factor=knobs["k_factor"], base_index_params=ivf)
     return ivf
+
+
+_MAPPING = re.compile(r"^[0-9a-f]+-[0-9a-f]+ ")  # a mapping's header line in /proc/self/smaps
+
+
+def resident_memory(files=("vectors.npy", "index.faiss")) -> Dict[str, int]:
+    """This process's VmRSS, RssAnon and RssFile in bytes, and the resident pages of the
+    mappings of each file named in `files` (as ``mapped_<name>``)."""
+    out = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "RssAnon", "RssFile"):
+            out[key] = int(value.split()[0]) * 1024
+    maps = dict.fromkeys(files, 0)
+    current = None
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if _MAPPING.match(line):
+            parts = line.split()
+            current = next((k for k in maps if len(parts) > 5 and parts[-1].endswith(k)), None)
+        elif current and line.startswith("Rss:"):
+            maps[current] += int(line.split()[1]) * 1024
+    out.update({f"mapped_{k}": v for k, v in maps.items()})
+    return out
+

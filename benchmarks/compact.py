@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -36,10 +35,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import environment, save  # noqa: E402
+from common import environment, resident_memory, save  # noqa: E402
 
 K = 10
-MAPPING = re.compile(r"^[0-9a-f]+-[0-9a-f]+ ")  # a mapping's header line in /proc/self/smaps
 OVERSAMPLES = (2, 4, 8, 16, 32)
 SIZES = (64, 128, 256, 512)
 
@@ -104,24 +102,6 @@ def settings(d: int, n: int):
 
 # --- the measuring child ----------------------------------------------------------------------
 
-def _status() -> dict:
-    out = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "RssAnon", "RssFile"):
-            out[key] = int(value.split()[0]) * 1024
-    maps = {"vectors.npy": 0, "index.faiss": 0}
-    current = None
-    for line in Path("/proc/self/smaps").read_text().splitlines():
-        if MAPPING.match(line):
-            parts = line.split()
-            current = next((k for k in maps if len(parts) > 5 and parts[-1].endswith(k)), None)
-        elif current and line.startswith("Rss:"):
-            maps[current] += int(line.split()[1]) * 1024
-    out.update({f"mapped_{k}": v for k, v in maps.items()})
-    return out
-
-
 def child(index_dir: str, data: str) -> None:
     """Open the index, measure memory, time searches; print one JSON line."""
     import faiss  # noqa: F401  (imported before the baseline reading, as the library would)
@@ -130,10 +110,10 @@ def child(index_dir: str, data: str) -> None:
 
     arrays = np.load(data)
     xq, truth, asked = arrays["queries"], arrays["truth"], arrays["asked"]
-    before = _status()
+    before = resident_memory()
     index = open_index(index_dir)
     index.search_vectors(xq[:1], K)  # the first call reads the manifest's view lazily
-    opened = _status()
+    opened = resident_memory()
     compact = index.manifest.compact
     modes = [("exact", {})] if compact is None else \
         [("off", {"rescore": False})] + [(f"x{o}", {"oversample": o}) for o in OVERSAMPLES]
@@ -149,7 +129,7 @@ def child(index_dir: str, data: str) -> None:
         results[name] = {"recall_at_10": round(recall, 4), "qps": round(len(xq) / best, 1),
                          "ms_per_query": round(1000 * best / len(xq), 3),
                          "task_r_at_1": round(float(np.mean(found[:, 0] == asked)), 4)}
-    searched = _status()
+    searched = resident_memory()
     print(json.dumps({"before": before, "opened": opened, "searched": searched, "modes": results,
                       "manifest_compact": None if compact is None else compact.to_dict(),
                       "first_stage": {"factory": index.manifest.faiss.factory,

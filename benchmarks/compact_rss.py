@@ -14,7 +14,6 @@ memory: random unit vectors. Writes results/compact_rss.json and .md.
 """
 import argparse
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -24,28 +23,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, environment  # noqa: E402
+from common import RESULTS, environment, resident_memory  # noqa: E402
 
-MAPPING = re.compile(r"^[0-9a-f]+-[0-9a-f]+ ")  # a mapping's header line in /proc/self/smaps
 SETTINGS = [("float32", {}), ("binary", {"precision": "binary"}),
             ("binary, int8 rescoring copy", {"precision": "binary", "rescore_from": "int8"}),
             ("int8", {"precision": "int8"})]
-
-
-def _status() -> dict:
-    """VmRSS split into anonymous and file-backed pages, and the pages of vectors.npy mapped."""
-    out = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "RssAnon", "RssFile"):
-            out[key] = int(value.split()[0]) * 1024
-    out["vectors_npy"], current = 0, False
-    for line in Path("/proc/self/smaps").read_text().splitlines():
-        if MAPPING.match(line):
-            current = line.rstrip().endswith("vectors.npy")
-        elif current and line.startswith("Rss:"):
-            out["vectors_npy"] += int(line.split()[1]) * 1024
-    return out
 
 
 def child(small: str, big: str) -> None:
@@ -54,10 +36,10 @@ def child(small: str, big: str) -> None:
     q = np.random.default_rng(1).standard_normal((1, 1024)).astype(np.float32)
     warm = open_index(small)
     warm.search_vectors(q[:, :warm.dim], 10)
-    before = _status()
+    before = resident_memory()
     index = open_index(big)
     index.search_vectors(q[:, :index.dim], 10)
-    after = _status()
+    after = resident_memory()
     print(json.dumps({k: after[k] - before[k] for k in after}))
 
 
@@ -93,9 +75,9 @@ def main() -> None:
             shutil.rmtree(big)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    base = rows[0]["VmRSS"] - rows[0]["vectors_npy"]
+    base = rows[0]["VmRSS"] - rows[0]["mapped_vectors.npy"]
     for r in rows:  # the index itself: what is resident beside the rows of vectors.npy a rescoring read
-        r["index_resident"] = r["VmRSS"] - r["vectors_npy"]
+        r["index_resident"] = r["VmRSS"] - r["mapped_vectors.npy"]
         r["less_than_float32"] = round(base / max(r["index_resident"], 1), 1)
     report = {"environment": environment(), "n": args.n, "dim": args.dim, "rows": rows}
     (RESULTS / "compact_rss.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -109,7 +91,7 @@ def markdown(report) -> str:
              "the index without them, MiB | x less than float32 |", "|---|---|---|---|---|"]
     for r in report["rows"]:
         lines.append(f"| {r['setting']} | {r['VmRSS'] / mb:.1f} ({r['RssAnon'] / mb:.1f}; {r['RssFile'] / mb:.1f}) | "
-                     f"{r['vectors_npy'] / mb:.1f} | {r['index_resident'] / mb:.1f} | {r['less_than_float32']} |")
+                     f"{r['mapped_vectors.npy'] / mb:.1f} | {r['index_resident'] / mb:.1f} | {r['less_than_float32']} |")
     return "\n".join(lines)
 
 
