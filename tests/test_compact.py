@@ -252,7 +252,7 @@ def test_binary_ivf_lists_are_trained_once_calibrated_and_searched_exactly(tmp_p
     assert_same_knn(D, np.searchsorted(keep, ids), Dref, Iref, x[keep], XQ, atol=1e-5)
 
 
-def test_binary_first_stage_rescored_from_an_int8_copy(tmp_path):
+def test_binary_first_stage_rescored_from_an_int8_copy(tmp_path, capsys):
     """--rescore-from int8: vectors.npy keeps the full vectors as int8 codes, calibrated per
     dimension as sentence-transformers' quantize_embeddings does (its output is the oracle for
     the stored codes); rescoring every row then ranks as exact search over those codes decoded,
@@ -272,6 +272,11 @@ def test_binary_first_stage_rescored_from_an_int8_copy(tmp_path):
     assert stored.dtype == np.int8 and np.array_equal(stored, expected)
     decoded = fmt.dequantize_int8(stored, m.compact.rescore_ranges)
     assert fmt.verify_index(path) == []
+    from mmsearch.cli import main as cli
+
+    assert cli(["index", "info", str(path)]) == 0
+    assert "compact    binary codes of 64 dims; 4 x k candidates rescored from the int8 copy of the 64-d vectors" \
+        in capsys.readouterr().out
     with open_index(path) as index:
         D, I = index.search_vectors(XQ, K, params={"oversample": len(X)})
         assert_same_knn(D, I, *brute_force(decoded, XQ, K), decoded, XQ, atol=1e-5)

@@ -341,6 +341,11 @@ def run_info(args) -> int:
     print(f"columns    {', '.join(d['columns'])}")
     per_item = ", ".join(f"{k} {v:,.0f}" for k, v in d["bytes_per_item"].items() if k != "total")
     print(f"size       {d['bytes'] / 2**20:.1f} MiB; bytes per item {d['bytes_per_item']['total']:,.0f} ({per_item})")
+    c = d.get("compact")
+    if c:
+        rescoring = (f"{c['oversample']:g} x k candidates rescored from the {c['rescore_from']} copy of the "
+                     f"{c['full_dim']}-d vectors" if c["rescore"] else "no rescoring")
+        print(f"compact    {c['precision']} codes of {c['dim']} dims; {rescoring}")
     mv = d.get("multi_vector")
     if mv:
         print(f"multi-vec  {mv['token_dim']}-d tokens as {mv['precision']}; MUVERA {mv['fde']}; MaxSim over "

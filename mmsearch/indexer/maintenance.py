@@ -122,7 +122,14 @@ def describe(index_dir) -> dict:
         "bytes_per_item": _bytes_per_item(manifest),
         "created": d["created"], "updated": d["updated"],
         **({"multi_vector": d["multi_vector"]} if "multi_vector" in d else {}),
+        **({"compact": _compact_summary(manifest.compact)} if manifest.compact is not None else {}),
     }
+
+
+def _compact_summary(spec) -> dict:
+    """The compact spec without its calibration lists (a few numbers per dimension)."""
+    return {"precision": spec.precision, "dim": spec.dim, "full_dim": spec.full_dim, "oversample": spec.oversample,
+            "rescore": spec.rescore, "rescore_from": spec.rescore_from}
 
 
 def _bytes_per_item(manifest) -> dict:

@@ -105,8 +105,9 @@ class BuildSettings:
             raise InputError(f"rescore_from={self.rescore_from!r}; valid: {', '.join(RESCORE_FROM)}")
         compact = self.keep_full or self.precision not in (None, "float32")
         if self.rescore_from != "float16" and not compact:
-            raise InputError(f"rescore_from={self.rescore_from!r} is the rescoring copy of compact codes: give "
-                             f"precision (float16, int8, binary or auto) or dim with keep_full too")
+            raise InputError(f"rescore_from={self.rescore_from!r} (--rescore-from) is the rescoring copy of compact "
+                             f"codes: give precision (--precision float16, int8, binary or auto) or dim with "
+                             f"keep_full (--dim with --keep-full-vectors) too")
         if compact and self.rescore and not self.store_vectors:
             raise InputError(f"precision={self.precision!r} rescores from the stored vectors: drop "
                              f"store_vectors=False (--no-vectors), or pass rescore=False")
