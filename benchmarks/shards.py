@@ -19,6 +19,11 @@ ratio is the work sharding adds). Reported per index type:
 The ratio is sharded / single-shard QPS (1 = shards cost nothing). IVF shards are
 joined into one index at open (`mmsearch.query.joined`); the rows "shards one by one"
 measure the same shards opened with `join_shards=False`, as they were searched before.
+HNSW is indexed through the shard writer (`mmsearch.indexer.index_vectors`) at a shard
+size of n/1 and n/--shards: a graph's shards grow into one graph as they are committed
+(`mmsearch.indexer.graph_growth`), so the build seconds of both are reported beside the
+search; its "shards one by one" rows are --shards separate graphs (what a graph too big
+to grow in memory, or a Ray build, leaves), written directly.
 Writes results/shards.json and .md (the table render_readme.py shows).
 """
 import argparse
@@ -121,6 +126,16 @@ def compare(points, exact):
     return rows
 
 
+def build_through_writer(path, x, spec, shards):
+    """Seconds to index `x` with `mmsearch.indexer.index_vectors` at a shard size giving
+    `shards` shards (a graph's grow into one: `indexer.graph_growth`)."""
+    from mmsearch.indexer.vectors import index_vectors
+
+    t0 = time.perf_counter()
+    index_vectors(path, x, [f"i{i}" for i in range(len(x))], index=spec, shard_size=-(-len(x) // shards))
+    return round(time.perf_counter() - t0, 2)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=100_000)
@@ -144,18 +159,30 @@ def main():
 
     with tempfile.TemporaryDirectory() as tmp:
         for spec in args.specs:
-            indexes = []
-            for shards in (1, args.shards):
-                path = Path(tmp) / f"{spec.replace(',', '_')}-{shards}"
-                write_index(path, x, spec, shards)
-                indexes.append(open_index(path))
+            indexes, build_s = [], None
+            if "HNSW" in spec:  # through the shard writer, which grows a graph's shards into one
+                build_s = [build_through_writer(Path(tmp) / f"{spec}-{shards}", x, spec, shards)
+                           for shards in (1, args.shards)]
+                indexes = [open_index(Path(tmp) / f"{spec}-{shards}") for shards in (1, args.shards)]
+                print(json.dumps({"index": spec, "build_s": build_s,
+                                  "shards": [len(ix.shards) for ix in indexes]}), flush=True)
+            else:
+                for shards in (1, args.shards):
+                    path = Path(tmp) / f"{spec.replace(',', '_')}-{shards}"
+                    write_index(path, x, spec, shards)
+                    indexes.append(open_index(path))
             if "IVF" in spec:  # also the shards searched one by one, as before they were joined
                 indexes.append(open_index(path, join_shards=False))
+            if "HNSW" in spec:  # also graphs kept apart (too big to grow, or written by Ray workers)
+                path = Path(tmp) / f"{spec}-{args.shards}-apart"
+                write_index(path, x, spec, args.shards)
+                indexes.append(open_index(path))
             for threads in args.threads:
                 faiss.omp_set_num_threads(threads)
                 points = sweep(indexes, spec, xq, gt, args.k, args.repeat, args.singles)
                 results.append({"index": spec, "threads": threads, "exact": spec == "Flat", "points": points,
-                                "compare": compare(points, spec == "Flat")})
+                                "compare": compare(points, spec == "Flat"), "build_s": build_s,
+                                "shard_files": [len(ix.shards) for ix in indexes]})
             for ix in indexes:
                 ix.close()
     report = {"benchmark": "shards", "n": args.n, "dim": args.dim, "spread": SPREAD, "k": args.k, "shards": [1, args.shards],
@@ -177,6 +204,8 @@ def markdown(report):
         for c in r["compare"]:
             what = r["index"] + ("" if r["exact"] else f" at recall >= {c['target_recall']}")
             what += ", shards one by one" if c.get("apart") else ""
+            if r.get("build_s") and not c.get("apart"):
+                what += f" (graph grown: {r['shard_files'][1]} shard; build {r['build_s'][0]} / {r['build_s'][1]} s)"
             lines.append(f"| {what} | {r['threads']} | {c['recall'][0]} / {c['recall'][1]} | {c['qps'][0]} / {c['qps'][1]} | "
                          f"{c['batch_ratio']} | {c['single_ms'][0]} / {c['single_ms'][1]} | {c['single_ratio']} |")
     return "\n".join(lines)

@@ -115,8 +115,12 @@ def test_joined_shards_with_filters_deletes_and_compaction(tmp_path, data, facto
         assert not ids & set(gone)
 
 
-def test_shards_of_other_templates_or_kinds_are_not_joined(tmp_path, data):
+def test_shards_of_other_templates_or_kinds_are_not_joined(tmp_path, data, monkeypatch):
+    """Graph shards (kept apart when they cannot grow as one, `indexer.graph_growth`) are not joined."""
+    from mmsearch.indexer import planner
+
     x, _ = data
+    monkeypatch.setattr(planner, "join_budget", lambda: 0)
     _build(tmp_path / "hnsw", x, "HNSW16", SHARD_SIZE)
     with open_index(tmp_path / "hnsw") as index:
         assert len(index.shards) == 3 and index.view().joined() is None

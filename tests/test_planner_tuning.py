@@ -159,15 +159,18 @@ def test_auto_end_to_end_reaches_the_target_on_held_out_queries(data, tmp_path, 
     assert abs(manifest.faiss.calibration["recall_at_10"] - measured) <= 0.02
 
 
-def test_auto_weighs_a_graph_by_the_shards_it_will_be_searched_as():
-    """IVF shards are searched joined, HNSW shards one graph after another: with many shards
-    planned, a graph's measured cost counts once per shard, and IVF (which reaches the target
-    here) wins whatever the two measured on the one-shard sample."""
+def test_auto_weighs_a_graph_by_the_graphs_it_will_be_searched_as(monkeypatch):
+    """IVF shards are searched joined; a graph grows as one shard while it fits in memory,
+    beyond that its shards are walked one after another: then a graph's measured cost counts
+    once per shard, and IVF (which reaches the target here) wins whatever the two measured on
+    the one-shard sample."""
     sample = _broad(12_000, d=32, seed=3)
+    assert planner.plan("auto", 32, 60_000, None, shard_size=100).graphs == 1  # grows: one graph
+    monkeypatch.setattr(planner, "join_budget", lambda: 60_000 * (2 * 4 * 32 + planner.HNSW_BYTES_PER_ROW) - 1)
     one = planner.plan("auto", 32, 60_000, None, shard_size=60_000)
     many = planner.plan("auto", 32, 60_000, None, shard_size=100)
-    assert (one.shards, many.shards) == (1, 600) and "HNSW32" in many.candidates
+    assert (one.graphs, many.graphs) == (1, 600) and "HNSW32" in many.candidates
     choice = planner.choose(many, 32, sample, TARGET)
-    assert choice.factory.startswith("IVF") and choice.calibration["shards_planned"] == 600
+    assert choice.factory.startswith("IVF") and choice.calibration["graphs_planned"] == 600
     measured = choice.calibration["candidates"]
     assert set(measured) == set(many.candidates)

@@ -136,6 +136,17 @@ class TokenMatrix:
         return TokenMatrix(np.ascontiguousarray(self.values[flat]), offsets,
                            None if self.scales is None else np.ascontiguousarray(self.scales[flat]))
 
+    @classmethod
+    def concat(cls, parts: Sequence["TokenMatrix"]) -> "TokenMatrix":
+        """The items of `parts`, one after the other (a graph shard growing, `indexer.graph_growth`)."""
+        if len({p.precision for p in parts}) != 1:
+            raise IndexFormatError(f"cannot concatenate token matrices of precisions {[p.precision for p in parts]}")
+        starts = np.cumsum([0] + [len(p.values) for p in parts[:-1]])
+        offsets = np.concatenate([parts[0].offsets[:1]] + [p.offsets[1:] + s for p, s in zip(parts, starts)])
+        values = np.concatenate([np.asarray(p.values) for p in parts])
+        scales = None if parts[0].scales is None else np.concatenate([np.asarray(p.scales) for p in parts])
+        return cls(values, offsets.astype(np.int64), scales)
+
     def check(self, where: str, rows: Optional[int] = None) -> "TokenMatrix":
         o = self.offsets
         if self.values.ndim != 2 or o.ndim != 1 or len(o) < 1 or o[0] != 0 or o[-1] != len(self.values) \

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Dict, Optional, Tuple
 import numpy as np
 
 from ..errors import InputError
-from ..index_format import CALIBRATION_ROWS
+from ..index_format import CALIBRATION_ROWS, join_budget
 from . import calibrate as cal
 
 if TYPE_CHECKING:
@@ -53,9 +53,10 @@ class Plan:
     candidates: Tuple[str, ...] = ()
     # compact vectors (`compact_plan`): the spec asked for, or several for the sample to decide between
     compact: Tuple["CompactSpec", ...] = ()
-    # shards the index will have (rows / shard size): a graph index searches each one apart,
-    # IVF shards are searched joined (`index_format.joined`), so `auto` weighs graphs by this
-    shards: int = 1
+    # graphs a search would walk per query if the index is a graph: one while the graph grows
+    # as one shard (`graph_growth`), else one per shard (IVF shards are joined at open,
+    # `index_format.joined`, so they cost one search); `auto` weighs graphs by this
+    graphs: int = 1
 
     @property
     def needs_training(self) -> bool:
@@ -124,7 +125,15 @@ def plan(factory: str, dim: int, n_rows: int, memory_budget: Optional[int], shar
         ivf = _ivf_of(probe)
         nlist = max(nlist, int(ivf.nlist) if (ivf is not None and not probe.is_trained) else 0)
     shards = max(1, -(-n_rows // shard_size)) if shard_size and n_rows else 1
-    return Plan(candidates[0], nlist=nlist, candidates=candidates, shards=shards)
+    graphs = 1 if graph_grows(n_rows, dim) else shards
+    return Plan(candidates[0], nlist=nlist, candidates=candidates, graphs=graphs)
+
+
+def graph_grows(rows: int, dim: int) -> bool:
+    """Whether a graph of `rows` vectors may grow as one shard (`graph_growth`): the graph
+    and a float32 copy of its vectors (read back to rewrite the shard) fit in half the
+    memory available now."""
+    return rows * (2 * 4 * dim + HNSW_BYTES_PER_ROW) <= join_budget()
 
 
 def _ivf_of(index):
@@ -213,13 +222,13 @@ def choose(p: Plan, dim: int, sample: np.ndarray, target: float, k: int = 10) ->
     def reached(factory: str) -> bool:  # the target, with the margin of the candidate's kind
         return measured[factory][1].recall >= cal.aim(target, cal.index_kind(measured[factory][0]))
 
-    def cost(factory: str) -> float:  # per query on the index: a graph per shard, IVF shards joined
-        return measured[factory][1].seconds_per_query * (p.shards if "HNSW" in factory else 1)
+    def cost(factory: str) -> float:  # per query on the index: every graph walked, IVF shards joined
+        return measured[factory][1].seconds_per_query * (p.graphs if "HNSW" in factory else 1)
 
     for factory in p.candidates or (p.factory,):
         best = min((cost(f) for f in measured if reached(f)), default=None)
         t0 = time.perf_counter()
-        slower = _graph_slower_than(factory, dim, base, queries, target, best and best / p.shards)
+        slower = _graph_slower_than(factory, dim, base, queries, target, best and best / p.graphs)
         if slower:
             notes[factory] = {"skipped": slower, "seconds": round(time.perf_counter() - t0, 1)}
             continue
@@ -231,7 +240,7 @@ def choose(p: Plan, dim: int, sample: np.ndarray, target: float, k: int = 10) ->
     factory = min(measured, key=lambda f: (not reached(f), cost(f) if reached(f) else -measured[f][1].recall))
     template, setting = measured[factory]
     calibration = {"recall_at_10": round(setting.recall, 4), "target": target, "queries": len(queries),
-                   "shards_planned": p.shards,
+                   "graphs_planned": p.graphs,
                    "rows": len(base), "held_out": "sample rows not indexed",
                    "candidates": {f: {**(measured[f][1].to_dict() if f in measured else {}), **notes[f]}
                                   for f in notes}}

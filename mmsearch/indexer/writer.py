@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from dataclasses import dataclass, field
 from typing import Any, Callable, List, Mapping, Optional, Tuple
 
@@ -18,10 +19,10 @@ from ..errors import InputError
 from ..index_format import (FaissSpec, faiss_factory, factory_lists, Manifest, ModelInfo, MultiVectorSpec, ShardInfo,
                             TokenMatrix, build_meta_table, join_budget, join_ivf, joinable, load_shard_vectors,
                             new_shard_index, open_shard_index, open_shard_meta, positions_label_rows, read_manifest,
-                            read_trained_template, shard_name, train_binary_lists, write_manifest, write_shard,
-                            write_trained_template)
+                            read_trained_template, shard_dir, shard_name, train_binary_lists, utc_now,
+                            write_manifest, write_shard, write_trained_template)
 from ..store import Store
-from . import compact_plan, planner
+from . import compact_plan, graph_growth, planner
 from .prepare import Prepared
 
 RETUNE_GROWTH = 1.5  # re-tune when a shard holds this many times the vectors the defaults were tuned on
@@ -92,14 +93,19 @@ def write_rows(index_dir, manifest: Manifest, number: int, first_row: int, meta,
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     index = new_shard_index(index_dir, manifest)
     index.add_with_ids(vectors, ids)
-    packed = None
-    if manifest.multi_vector is not None:
-        if tokens is None or len(tokens) != len(vectors):
-            raise InputError(f"a multi-vector index needs one token matrix per row, got "
-                             f"{0 if tokens is None else len(tokens)} for {len(vectors)} rows")
-        packed = TokenMatrix.pack(tokens, manifest.multi_vector.precision)
+    packed = pack_tokens(manifest, tokens, len(vectors))
     return write_shard(index_dir, shard_name(number), index, ids, meta, vectors if store_vectors else None,
                        tokens=packed), index
+
+
+def pack_tokens(manifest: Manifest, tokens: Optional[List[np.ndarray]], rows: int) -> Optional[TokenMatrix]:
+    """A multi-vector index's token matrices of `rows` rows, packed at the manifest's precision."""
+    if manifest.multi_vector is None:
+        return None
+    if tokens is None or len(tokens) != rows:
+        raise InputError(f"a multi-vector index needs one token matrix per row, got "
+                         f"{0 if tokens is None else len(tokens)} for {rows} rows")
+    return TokenMatrix.pack(tokens, manifest.multi_vector.precision)
 
 
 def start_manifest(index_dir, model: ModelInfo, instructions: dict, plan: planner.Plan,
@@ -154,6 +160,7 @@ class ShardWriter:
         self.rows_written = 0
         self.tuning: dict = {}
         self.tuned_rows = 0
+        self.graph: Optional[Tuple[str, Any]] = None  # (name, faiss index) of the last graph shard written
 
     @property
     def ready(self) -> bool:
@@ -189,11 +196,34 @@ class ShardWriter:
         self.tuned_rows = 0 if sample is None else len(sample)
 
     def _commit(self, items: List[Prepared], vectors: np.ndarray, tokens: List[np.ndarray]) -> None:
-        info, index = write_rows(self.index_dir, self.manifest, next_shard_number(self.manifest),
-                                 self.manifest.next_row, meta_table(items, tokens), vectors, self.store_vectors,
-                                 tokens=tokens or None)
+        graph, self.graph = self.graph, None  # filled in place below: kept only once committed
+        meta, number = meta_table(items, tokens), next_shard_number(self.manifest)
+        if graph_growth.growable(self.manifest, len(vectors), vectors.shape[1], self.store_vectors, bool(tokens)):
+            packed = pack_tokens(self.manifest, tokens or None, len(vectors))
+            grown = graph_growth.grow(self.index_dir, self.manifest, shard_name(number), graph, meta, vectors, packed)
+            if grown is not None:
+                self._commit_grown(grown[0], [p.item.id for p in items])
+                self.graph = (grown[0].name, grown[1])
+                return
+        info, index = write_rows(self.index_dir, self.manifest, number, self.manifest.next_row, meta, vectors,
+                                 self.store_vectors, tokens=tokens or None)
         self._retune(index, vectors)
         self.commit([info], [p.item.id for p in items])
+        self.graph = (info.name, index) if graph_growth.is_graph(index) else None
+
+    def _commit_grown(self, info: ShardInfo, item_ids: List[str]) -> None:
+        """List the grown shard `info` in place of the last shard (one atomic manifest
+        replace), point the new ids at their rows, then remove the shard it replaces."""
+        replaced = self.manifest.shards[-1]
+        self.manifest = dataclasses.replace(self.manifest, shards=self.manifest.shards[:-1] + (info,),
+                                            updated=utc_now(), next_row=max(self.manifest.next_row, info.id_end))
+        write_manifest(self.index_dir, self.manifest)
+        sync_store(self.store, item_ids, np.arange(replaced.id_end, info.id_end, dtype=np.int64),
+                   self.manifest.next_row)
+        shutil.rmtree(shard_dir(self.index_dir, replaced), ignore_errors=True)
+        self.rows_written += len(item_ids)
+        if self.on_commit:
+            self.on_commit(info)
 
     def _retune(self, index, vectors: np.ndarray) -> None:
         """Re-tune the search defaults when the index a search runs on has grown much bigger
