@@ -155,3 +155,29 @@ def test_search_defaults_are_retuned_on_the_joined_index(tmp_path, data):
     assert calibration["recall_at_10"] >= 0.955
     with open_index(path) as index:
         assert index.search_vectors(q, 10)[1].shape == (len(q), 10) and index.view().joined() is not None
+
+
+def test_rows_added_later_retune_the_defaults_as_a_build_does(tmp_path, data):
+    """`index add` (and a resumed build) starts a writer on the committed manifest: it re-tunes
+    on the joined index once the rows outgrow the ones the defaults were tuned on, as the
+    build that made the index would have. Without that, the 1,100-row tuning would stay."""
+    from mmsearch.index_format import store_path
+    from mmsearch.indexer import planner
+    from mmsearch.indexer.vectors import _row
+    from mmsearch.indexer.writer import ShardWriter
+    from mmsearch.store import Store
+
+    x, q = data
+    path, factory = tmp_path / "idx", "IVF32,PQ8x4fs,RFlat"
+    first = index_vectors(path, x[:SHARD_SIZE], [f"i{i}" for i in range(SHARD_SIZE)], index=factory,
+                          shard_size=SHARD_SIZE, train_size=SHARD_SIZE)
+    assert first.faiss.calibration["rows"] < SHARD_SIZE
+    with Store(store_path(path)) as store:
+        writer = ShardWriter(path, store, first.model, {}, planner.plan(factory, D, N, None, SHARD_SIZE),
+                             shard_size=SHARD_SIZE, store_vectors=True, train_size=SHARD_SIZE, recall_target=0.95,
+                             extra={}, manifest=read_manifest(path))
+        writer.add([_row(f"i{i}", None, {}) for i in range(SHARD_SIZE, N)], x[SHARD_SIZE:])
+        manifest = writer.finish()
+    calibration = manifest.faiss.calibration
+    assert calibration["rows"] == 2 * SHARD_SIZE and calibration["held_out"] == "rows of the index hidden from search"
+    assert calibration["recall_at_10"] >= 0.95

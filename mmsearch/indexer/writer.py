@@ -161,6 +161,9 @@ class ShardWriter:
         self.tuning: dict = {}
         self.tuned_rows = 0
         self.graph: Optional[Tuple[str, Any]] = None  # (name, faiss index) of the last graph shard written
+        if manifest is not None and manifest.faiss.calibration.get("rows"):  # index add, a resumed build
+            self.tuning = dict(manifest.faiss.search_params or {})  # re-tuned as these rows grow the index
+            self.tuned_rows = int(manifest.faiss.calibration["rows"])
 
     @property
     def ready(self) -> bool:
