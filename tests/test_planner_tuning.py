@@ -86,10 +86,11 @@ def test_choose_keeps_the_only_candidate_that_reaches_the_target(data):
 def test_auto_measures_ivf_and_hnsw_above_the_flat_limit():
     assert planner.auto_candidates(1000, 64) == ("Flat",)
     candidates = planner.auto_candidates(200_000, 768)
-    assert candidates == ("IVF2048,PQ192x4fs,RFlat", "HNSW32")
+    assert candidates == ("IVF2048,PQ192x4fs,RFlat", "IVF1024,PQ192x4fs,RFlat", "IVF512,PQ192x4fs,RFlat", "HNSW32")
     # no room for float32 vectors: compact refine only, and no HNSW (it keeps them all)
     tight = planner.auto_candidates(200_000, 768, memory_budget=200_000 * (96 + 8 + 768 * 2) + 1)
-    assert tight == ("IVF2048,PQ192x4fs,Refine(SQfp16)",)
+    assert tight == tuple(f"IVF{n},PQ192x4fs,Refine(SQfp16)" for n in (2048, 1024, 512))
+    assert planner.list_counts(60_000) == (1024, 512, 256) and planner.list_counts(100) == (64,)
 
 
 def test_tune_filled_recalibrates_a_bigger_shard_with_hidden_rows(data):
