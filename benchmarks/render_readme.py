@@ -93,7 +93,10 @@ def shards_section(sh):
             "QPS, ANN rows at equal recall. IVF shards of one trained template are searched as the one index they "
             "slice (`mmsearch.query.joined`: their lists joined in RAM on the first search, results identical to a "
             "one-shard build); the rows \"shards one by one\" are the same shards with `join_shards=False`. HNSW "
-            "graphs cannot be joined: each shard is a graph walk of its own):\n\n" + (RESULTS / "shards.md").read_text())
+            "graphs cannot be joined, so the shard writer grows one graph instead (`mmsearch.indexer.graph_growth`; "
+            "HNSW is indexed through it at shard sizes n and n/4, build seconds in the row); the HNSW rows \"shards "
+            "one by one\" are 4 graphs kept apart, what a graph too big to grow, or a Ray build, leaves. Single-query "
+            "latency: each index timed in blocks of its own):\n\n" + (RESULTS / "shards.md").read_text())
 
 
 def matryoshka_section(m):
@@ -261,4 +264,7 @@ def main():
 
 
 if __name__ == "__main__":
+    import argparse
+
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     main()
