@@ -38,7 +38,9 @@ def growable(manifest: Manifest, rows: int, dim: int, store_vectors: bool, has_t
     """Whether `rows` new rows may be added to the last shard of `manifest` (cheap checks
     first; `grow` still declines when the shard's index is no graph or its metadata clashes)."""
     last = manifest.shards[-1] if manifest.shards else None
-    return (last is not None and manifest.compact is None and last.id_end == manifest.next_row
+    # the factory first: Flat and IVF commits must not read the last shard back to find out
+    return (last is not None and manifest.faiss.factory.startswith("HNSW") and manifest.compact is None
+            and last.id_end == manifest.next_row
             and last.has_vectors == store_vectors and last.has_tokens == has_tokens
             and planner.graph_grows(last.rows + rows, dim))
 
